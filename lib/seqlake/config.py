@@ -1,0 +1,310 @@
+"""One typed, validated configuration object built from YAML plus ``--set`` overrides.
+
+Every setting lives in a frozen dataclass below; ``load_config`` is the only way in. Errors
+name the dotted key and what was expected, and are raised before any Spark session starts.
+No module reads the environment behind the caller's back: the only environment lookup is the
+pseudonymisation key, whose variable *name* is configuration (``Config.pseudonym_key``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file, override or argument is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "seqlake"
+    shuffle_partitions: int = 8
+    driver_memory: str = "2g"
+    # Resolved from Maven Central at session start (cached in ~/.ivy2 afterwards).
+    delta_package: str = "io.delta:delta-spark_2.13:4.0.1"
+    # Fallback when Spark's resolver cannot reach Maven: local jar paths, then
+    # delta_package is not resolved.
+    jars: tuple[str, ...] = ()
+    log_level: str = "WARN"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    root: str = "./lake"
+    # Raw landing area; files for a day live in <landing_root>/raw/<source>/dt=YYYY-MM-DD/.
+    landing_root: str = "./lake"
+    database: str = "seqlake"
+    # "hive": a persistent metastore (embedded Derby under <root>/_catalog by default, or
+    # whatever spark.hadoop.javax.jdo.* / hive.metastore.uris say), so spark-sql sees the
+    # tables too. "in_memory": tables are registered per session (tests, ad-hoc runs).
+    catalog: str = "hive"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sources_dir: str = "conf/sources"
+    # Share of quarantined rows (of rows read) above which the run fails, after the
+    # quarantine has been written.
+    quarantine_threshold: float = 0.05
+    # Any single field longer than this is quarantined as oversized_field.
+    max_field_chars: int = 1024
+    # A raw record (line) longer than this is quarantined as oversized_record.
+    max_record_chars: int = 16384
+    # Files written per day into the events table (small-file control).
+    files_per_day: int = 4
+
+
+@dataclass(frozen=True)
+class PseudonymiseConfig:
+    enabled: bool = False
+    # Name of the environment variable holding the HMAC key (never the key itself).
+    key_env: str = "SEQLAKE_PSEUDONYM_KEY"
+
+
+@dataclass(frozen=True)
+class SessionizeConfig:
+    gap_minutes: int = 30
+    max_duration_minutes: int = 240
+    # Events of one user on one day beyond this are quarantined (reason user_daily_cap).
+    user_daily_cap: int = 5000
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    users: int = 2000
+    days: int = 28
+    start_date: dt.date = dt.date(2024, 1, 1)
+    seed: int = 7
+    items: int = 5000
+    categories: int = 120
+    brands: int = 400
+    # The ground truth is the purchase probability in the last label_window_days days.
+    label_window_days: int = 7
+    # Share of extra dirty records injected (0 disables).
+    dirty_rate: float = 0.0
+    # Parallel writer processes; the output does not depend on this.
+    workers: int = 2
+    # Output files per day per worker.
+    files_per_day: int = 1
+    # Optional cap on total events; users are generated until it is reached (0 = no cap).
+    max_events: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    # The source the pipeline stages (sessionize and later) work on by default.
+    source: str = "generator"
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    pseudonymise: PseudonymiseConfig = field(default_factory=PseudonymiseConfig)
+    sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def table_path(self, table: str) -> str:
+        return join_path(self.lake.root, table)
+
+    def landing_path(self, source: str, date: dt.date) -> str:
+        return join_path(self.lake.landing_root, "raw", source, f"dt={date.isoformat()}")
+
+    def pseudonym_key(self) -> bytes | None:
+        """The HMAC key from the configured environment variable, or None when disabled."""
+        if not self.pseudonymise.enabled:
+            return None
+        value = os.environ.get(self.pseudonymise.key_env)
+        if not value:
+            raise ConfigError(
+                f"pseudonymise.enabled is true but environment variable "
+                f"{self.pseudonymise.key_env} (pseudonymise.key_env) is unset or empty"
+            )
+        return value.encode("utf-8")
+
+
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def join_path(base: str, *parts: str) -> str:
+    """Join path parts for local paths and Hadoop URIs (s3a://, hdfs://, abfss://) alike."""
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def _absolute(path: str, base: Path) -> str:
+    if _URI.match(path) or path.startswith("/"):
+        return path
+    return str((base / path).resolve())
+
+
+def _validate(cfg: Config) -> None:
+    checks: list[tuple[bool, str]] = [
+        (cfg.spark.shuffle_partitions >= 1, "spark.shuffle_partitions: expected an integer >= 1"),
+        (cfg.lake.catalog in ("hive", "in_memory"), "lake.catalog: expected 'hive' or 'in_memory'"),
+        (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cfg.lake.database) is not None,
+         "lake.database: expected an identifier (letters, digits, underscore)"),
+        (re.fullmatch(r"[a-z0-9_]+", cfg.source) is not None,
+         "source: expected a source name of lower-case letters, digits and underscores"),
+        (0.0 <= cfg.ingest.quarantine_threshold <= 1.0,
+         "ingest.quarantine_threshold: expected a share between 0 and 1"),
+        (cfg.ingest.max_field_chars >= 16, "ingest.max_field_chars: expected an integer >= 16"),
+        (cfg.ingest.max_record_chars >= cfg.ingest.max_field_chars,
+         "ingest.max_record_chars: expected an integer >= ingest.max_field_chars"),
+        (cfg.ingest.files_per_day >= 1, "ingest.files_per_day: expected an integer >= 1"),
+        (cfg.sessionize.gap_minutes >= 1, "sessionize.gap_minutes: expected an integer >= 1"),
+        (cfg.sessionize.max_duration_minutes > cfg.sessionize.gap_minutes,
+         "sessionize.max_duration_minutes: expected more minutes than sessionize.gap_minutes"),
+        (cfg.sessionize.max_duration_minutes <= 7 * 24 * 60,
+         "sessionize.max_duration_minutes: expected at most 10080 (7 days)"),
+        (cfg.sessionize.user_daily_cap >= 1, "sessionize.user_daily_cap: expected an integer >= 1"),
+        (cfg.generator.users >= 1, "generator.users: expected an integer >= 1"),
+        (cfg.generator.days > cfg.generator.label_window_days,
+         "generator.days: expected more days than generator.label_window_days"),
+        (cfg.generator.label_window_days >= 1, "generator.label_window_days: expected an integer >= 1"),
+        (0.0 <= cfg.generator.dirty_rate < 0.5, "generator.dirty_rate: expected a share in [0, 0.5)"),
+        (cfg.generator.workers >= 1, "generator.workers: expected an integer >= 1"),
+        (cfg.generator.files_per_day >= 1, "generator.files_per_day: expected an integer >= 1"),
+        (cfg.generator.items >= 10 and cfg.generator.categories >= 2 and cfg.generator.brands >= 2,
+         "generator.items/categories/brands: expected at least 10 items, 2 categories, 2 brands"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read YAML ``path`` (or only defaults when None), apply ``key=value`` overrides, validate.
+
+    Relative paths in the file are resolved against the current working directory, so the
+    same file works from the repository root and from ``spark-submit``.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--conf {path}: file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ConfigError(f"--conf {path}: not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--conf {path}: expected a mapping at the top level")
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, "")
+    cwd = Path.cwd()
+    lake = dataclasses.replace(
+        cfg.lake, root=_absolute(cfg.lake.root, cwd), landing_root=_absolute(cfg.lake.landing_root, cwd)
+    )
+    ingest = dataclasses.replace(cfg.ingest, sources_dir=_absolute(cfg.ingest.sources_dir, cwd))
+    return dataclasses.replace(cfg, lake=lake, ingest=ingest)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, for example lake.root=/tmp/lake")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[\w.\-]+)*", key):
+        raise ConfigError(f"--set {item!r}: {key!r} is not a dotted setting name")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except (yaml.YAMLError, ValueError):  # ValueError: YAML's date resolver on 2024-13-01
+        parsed = value
+    parts = key.split(".")
+    node = raw
+    # spark.conf keys contain dots themselves: everything after "spark.conf." is one key.
+    if parts[:2] == ["spark", "conf"] and len(parts) > 2:
+        parts = ["spark", "conf", ".".join(parts[2:])]
+        parsed = value
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(
+            f"{prefix}{unknown[0]}: unknown setting (known in {where}: {', '.join(sorted(fields))})"
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp is dt.date:
+        return parse_date(value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()}
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(str(v) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported optional type")  # not used; keeps types simple
+    raise ConfigError(f"{key}: unsupported setting type {_type_name(tp)}")
+
+
+def parse_date(value: Any, key: str) -> dt.date:
+    """Parse an ISO date (YYYY-MM-DD); the error names ``key``."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{key}: expected a date as YYYY-MM-DD, got {value!r}")

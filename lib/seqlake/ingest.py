@@ -1,0 +1,475 @@
+"""Raw logs -> the canonical Delta ``events`` table, with every bad row quarantined for a reason.
+
+Contract of one run (source S, window [start, end] of UTC dates):
+- Every non-header line of the input is one row read. It ends up in exactly one place: the
+  ``events`` table (written), ``events_quarantine`` (with a reason code), or dropped as an exact
+  duplicate of an event already written by the run (counted). read = written + quarantined +
+  duplicates holds exactly and is checked before the run is recorded as ok.
+- Time window rule: an event is accepted only if its UTC date lies inside the run's window;
+  older events are quarantined as ``ts_before_window`` (the Taobao sample's stray rows from
+  months earlier), later ones as ``ts_after_window`` (future timestamps). A daily run's window
+  is its logical date; a backfill passes --from/--to.
+- ``events`` rows of S inside the window are replaced atomically (Delta replaceWhere), so a
+  rerun leaves identical contents. The quarantine rows of the run's window are replaced too.
+- When the quarantined share passes ``ingest.quarantine_threshold`` the quarantine and the
+  audit row are written, the events are NOT (downstream stages must not see a broken day), and
+  ``QuarantineThresholdExceeded`` is raised.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import uuid
+from typing import Sequence
+
+import pyspark.sql.functions as F
+import pyspark.sql.types as T
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+
+from seqlake import constants as C
+from seqlake import schemas, tables
+from seqlake.config import Config, ConfigError
+from seqlake.progress import log, stage
+from seqlake.sources import SourceSpec
+
+# Field separator for hashing: cannot occur in parsed text fields of sane inputs, and a null is
+# encoded as a distinct marker so that null and "" hash differently.
+_SEP = "\u001f"
+_NULL = "\u0000"
+# Seconds bounds for numeric timestamps: outside them a value is garbage, not a date, and
+# converting it could overflow.
+_MIN_EPOCH_S = -2_208_988_800  # 1900-01-01
+_MAX_EPOCH_S = 7_258_118_400  # 2200-01-01
+
+
+class QuarantineThresholdExceeded(RuntimeError):
+    """Too large a share of the input was quarantined; the quarantine was written, events not."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    run_id: str
+    source: str
+    window_start: dt.date
+    window_end: dt.date
+    rows_read: int
+    rows_written: int
+    rows_quarantined: int
+    duplicates_dropped: int
+    # Valid rows not written because the run failed its quarantine threshold.
+    rows_held_back: int
+    quarantined_by_reason: dict[str, int]
+    status: str
+    message: str
+
+    @property
+    def balanced(self) -> bool:
+        """rows read = written + quarantined + duplicates (+ held back by a failed run)."""
+        return self.rows_read == (
+            self.rows_written + self.rows_quarantined + self.duplicates_dropped + self.rows_held_back
+        )
+
+
+# --------------------------------------------------------------------------- transformations
+
+
+def read_raw_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
+    """One row per line of ``paths``: raw_record, source_file. Invalid UTF-8 becomes U+FFFD."""
+    return spark.read.text(list(paths)).select(
+        F.col("value").alias("raw_record"), F.col("_metadata.file_path").alias("source_file")
+    )
+
+
+def filter_header_lines(lines: DataFrame, *, spec: SourceSpec) -> DataFrame:
+    """Drop CSV header lines (lines equal to the configured header), for headered sources."""
+    header = spec.header_line
+    if header is None:
+        return lines
+    # A UTF-8 byte-order mark may precede the header of a file.
+    return lines.filter(F.regexp_replace("raw_record", "^\ufeff", "") != F.lit(header))
+
+
+def with_raw_fields(lines: DataFrame, *, spec: SourceSpec) -> DataFrame:
+    """Parse each line into string fields ``_raw.<raw name>`` and ``_raw._corrupt_record``.
+
+    Every field is read as a string so that a bad value becomes a quarantine reason later,
+    never a parse failure; nested JSON where a scalar is expected arrives as its JSON text.
+    """
+    schema = T.StructType(
+        [T.StructField(name, T.StringType()) for name in spec.raw_columns]
+        + [T.StructField("_corrupt_record", T.StringType())]
+    )
+    options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}
+    if spec.format == "json":
+        parsed = F.from_json("raw_record", schema, options)
+    else:
+        options.update({"sep": spec.delimiter, "quote": spec.quote})
+        parsed = F.from_csv("raw_record", schema.simpleString(), options)
+    return lines.withColumn("_raw", parsed)
+
+
+def _field(spec: SourceSpec, canonical: str) -> Column:
+    """The trimmed raw string feeding ``canonical`` (null if unmapped or blank)."""
+    raw_name = spec.fields.get(canonical)
+    if raw_name is None:
+        return F.lit(None).cast("string")
+    return F.nullif(F.trim(F.col("_raw").getField(raw_name)), F.lit(""))
+
+
+def _parse_timestamp(text: Column, spec: SourceSpec) -> Column:
+    fmt = spec.time_format
+    if fmt == "iso8601":
+        return text.try_cast("timestamp")
+    if fmt in ("unix_seconds", "unix_millis"):
+        seconds = text.try_cast("double") / (1000.0 if fmt == "unix_millis" else 1.0)
+        in_range = seconds.between(_MIN_EPOCH_S, _MAX_EPOCH_S) & ~F.isnan(seconds)
+        return F.when(in_range, F.timestamp_micros((seconds * 1_000_000).cast("long")))
+    parsed = F.try_to_timestamp(text, F.lit(fmt))
+    return parsed if spec.timezone == "UTC" else F.to_utc_timestamp(parsed, spec.timezone)
+
+
+def with_canonical_fields(parsed: DataFrame, *, spec: SourceSpec) -> DataFrame:
+    """Typed canonical columns (``ts``, ``event_type``, ``price`` ...) from the raw strings.
+
+    Unparseable values become null here; ``with_quarantine_reason`` tells a missing value from
+    an unparseable one by looking at the raw string (``_s_<field>``).
+    """
+    mapping = F.create_map(*[F.lit(x) for kv in spec.event_types.items() for x in kv])
+    out = parsed
+    for name in C.CANONICAL_FIELDS:
+        out = out.withColumn(f"_s_{name}", _field(spec, name))
+    price = F.col("_s_price").try_cast("double")
+    return (
+        out.withColumn("ts", _parse_timestamp(F.col("_s_ts"), spec))
+        .withColumn("event_type", F.try_element_at(mapping, F.lower(F.col("_s_event_type"))))
+        .withColumn("price", F.when(~F.isnan(price) & (F.abs(price) < float("inf")), price))
+        .withColumn("event_date", F.to_date("ts"))
+    )
+
+
+def with_quarantine_reason(
+    df: DataFrame,
+    *,
+    spec: SourceSpec,
+    window_start: dt.date,
+    window_end: dt.date,
+    max_field_chars: int,
+    max_record_chars: int,
+) -> DataFrame:
+    """Add ``reason`` (null for a valid row) and ``detail``: the first failing check, in the
+    order of ``constants`` (malformed, encoding, size, nesting, missing, timestamp, window,
+    event type, price)."""
+    mapped = [f for f in C.CANONICAL_FIELDS if f in spec.fields]
+    lengths = {f: F.length(F.col(f"_s_{f}")) for f in mapped}
+    oversized = F.coalesce(*[F.when(lengths[f] > max_field_chars, F.lit(f)) for f in mapped])
+    nested = F.coalesce(
+        *[F.when(F.substring(F.col(f"_s_{f}"), 1, 1).isin("{", "["), F.lit(f)) for f in C.REQUIRED_FIELDS]
+    )
+    missing = F.coalesce(*[F.when(F.col(f"_s_{f}").isNull(), F.lit(f)) for f in C.REQUIRED_FIELDS])
+    malformed = F.col("_raw._corrupt_record").isNotNull() | (F.trim("raw_record") == "")
+    raw_price = F.col("_s_price")
+
+    def excerpt(column: Column) -> Column:
+        return F.substring(column, 1, 120)
+
+    checks: list[tuple[Column, Column, Column]] = [
+        (malformed, F.lit(C.MALFORMED_RECORD), F.lit(f"not a valid {spec.format} record")),
+        (F.instr("raw_record", "\ufffd") > 0, F.lit(C.BAD_ENCODING), F.lit("invalid UTF-8 bytes")),
+        (F.length("raw_record") > max_record_chars, F.lit(C.OVERSIZED_RECORD),
+         F.concat(F.lit("record of "), F.length("raw_record").cast("string"), F.lit(f" chars > {max_record_chars}"))),
+        (oversized.isNotNull(), F.lit(C.OVERSIZED_FIELD),
+         F.concat(oversized, F.lit(f" longer than {max_field_chars} chars"))),
+        (nested.isNotNull(), F.lit(C.NESTED_VALUE), F.concat(nested, F.lit(" holds an object or array"))),
+        (missing.isNotNull(), F.concat(F.lit(C.MISSING_PREFIX), missing), F.concat(missing, F.lit(" is missing"))),
+        (F.col("ts").isNull(), F.lit(C.BAD_TIMESTAMP),
+         F.concat(F.lit(f"cannot read as {spec.time_format}: "), excerpt(F.col("_s_ts")))),
+        (F.col("event_date") < F.lit(window_start), F.lit(C.TS_BEFORE_WINDOW),
+         F.concat(F.lit("event date "), F.col("event_date").cast("string"), F.lit(f" before window start {window_start}"))),
+        (F.col("event_date") > F.lit(window_end), F.lit(C.TS_AFTER_WINDOW),
+         F.concat(F.lit("event date "), F.col("event_date").cast("string"), F.lit(f" after window end {window_end}"))),
+        (F.col("event_type").isNull(), F.lit(C.UNKNOWN_EVENT_TYPE),
+         F.concat(F.lit("event type not in the source's event_types: "), excerpt(F.col("_s_event_type")))),
+        (raw_price.isNotNull() & F.col("price").isNull(), F.lit(C.BAD_PRICE),
+         F.concat(F.lit("price is not a number: "), excerpt(raw_price))),
+        (F.col("price") < 0, F.lit(C.NEGATIVE_PRICE), F.concat(F.lit("price "), raw_price)),
+    ]
+    reason = F.lit(None).cast("string")
+    detail = F.lit(None).cast("string")
+    for condition, code, text in reversed(checks):  # earlier checks win
+        reason = F.when(condition, code).otherwise(reason)
+        detail = F.when(condition, text).otherwise(detail)
+    return df.withColumn("reason", reason).withColumn("detail", detail)
+
+
+def hmac_sha256_hex(value: Column, key: bytes) -> Column:
+    """HMAC-SHA256 (RFC 2104) of ``value`` as lower-case hex, with Spark built-ins only.
+
+    The key is padded on the driver; the executors only see the two padded constants.
+    """
+    block = 64
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\x00")
+    inner_pad = bytes(b ^ 0x36 for b in key)
+    outer_pad = bytes(b ^ 0x5C for b in key)
+    inner = F.unhex(F.sha2(F.concat(F.lit(inner_pad), F.encode(value, "UTF-8")), 256))
+    return F.sha2(F.concat(F.lit(outer_pad), inner), 256)
+
+
+def with_pseudonymised_user(df: DataFrame, *, key: bytes | None, spec: SourceSpec) -> DataFrame:
+    """Replace ``_s_user_id`` by its keyed HMAC and re-serialise ``raw_record`` without the raw id.
+
+    A record whose user id cannot be parsed is replaced by a redaction marker with its hash, so
+    that no raw user id reaches any table. No-op when ``key`` is None.
+    """
+    if key is None:
+        return df
+    pseudonym = hmac_sha256_hex(F.col("_s_user_id"), key)
+    user_raw_name = spec.fields["user_id"]
+    raw_cols = [
+        pseudonym if name == user_raw_name else F.col("_raw").getField(name)
+        for name in spec.raw_columns
+    ]
+    if spec.format == "json":
+        rebuilt = F.to_json(F.struct(*[c.alias(n) for c, n in zip(raw_cols, spec.raw_columns)]))
+    else:
+        rebuilt = F.concat_ws(spec.delimiter, *[F.coalesce(c, F.lit("")) for c in raw_cols])
+    redacted = F.concat(
+        F.lit("<redacted: unparseable record under pseudonymisation, sha256="),
+        F.sha2(F.col("raw_record"), 256),
+        F.lit(">"),
+    )
+    can_rebuild = F.col("_raw._corrupt_record").isNull() & F.col("_s_user_id").isNotNull()
+    return df.withColumn("raw_record", F.when(can_rebuild, rebuilt).otherwise(redacted)).withColumn(
+        "_s_user_id", F.when(F.col("_s_user_id").isNotNull(), pseudonym)
+    )
+
+
+def with_event_id(df: DataFrame) -> DataFrame:
+    """Deterministic ``event_id``: 128 bits of SHA-256 over the canonical fields and source.
+
+    Two rows with the same canonical content are the same event (exact duplicates).
+    """
+    parts = [
+        F.col("source"),
+        F.col("user_id"),
+        F.unix_micros("ts").cast("string"),
+        F.col("event_type"),
+        F.col("item_id"),
+        F.col("category_id"),
+        F.col("category_path"),
+        F.col("brand"),
+        F.col("price").cast("string"),
+        F.col("source_session_id"),
+    ]
+    text = F.concat_ws(_SEP, *[F.coalesce(p, F.lit(_NULL)) for p in parts])
+    return df.withColumn("event_id", F.substring(F.sha2(text, 256), 1, 32))
+
+
+def classify(
+    lines: DataFrame,
+    *,
+    spec: SourceSpec,
+    window_start: dt.date,
+    window_end: dt.date,
+    max_field_chars: int,
+    max_record_chars: int,
+    pseudonym_key: bytes | None,
+) -> DataFrame:
+    """Every input line with its typed canonical fields, ``reason`` and ``detail``."""
+    return (
+        lines.transform(filter_header_lines, spec=spec)
+        .transform(with_raw_fields, spec=spec)
+        .transform(with_canonical_fields, spec=spec)
+        .transform(
+            with_quarantine_reason,
+            spec=spec,
+            window_start=window_start,
+            window_end=window_end,
+            max_field_chars=max_field_chars,
+            max_record_chars=max_record_chars,
+        )
+        .transform(with_pseudonymised_user, key=pseudonym_key, spec=spec)
+        .withColumn("user_id", F.col("_s_user_id"))
+        .withColumn("source", F.lit(spec.name))
+    )
+
+
+def select_events(classified: DataFrame) -> DataFrame:
+    """Valid rows in the ``events`` schema (duplicates still present)."""
+    renamed = classified.filter(F.col("reason").isNull())
+    for name in ("item_id", "category_id", "category_path", "brand", "source_session_id"):
+        renamed = renamed.withColumn(name, F.col(f"_s_{name}"))
+    return renamed.transform(with_event_id).select(*[f.name for f in schemas.EVENTS.fields])
+
+
+def filter_exact_duplicates(events: DataFrame, *, partitions: int) -> DataFrame:
+    """One row per (user_id, event_id) with ``_copies``: how many input rows carried it.
+
+    Hash-partitioned by user_id and sorted by (user_id, ts) so the written files are clustered
+    by user, which later per-user stages and analysts' user filters profit from.
+    """
+    value_cols = [f.name for f in schemas.EVENTS.fields if f.name not in (C.USER_ID, C.EVENT_ID)]
+    return (
+        events.repartition(partitions, C.USER_ID)
+        .groupBy(C.USER_ID, C.EVENT_ID)
+        .agg(*[F.first(c).alias(c) for c in value_cols], F.count(F.lit(1)).alias("_copies"))
+        .sortWithinPartitions(C.USER_ID, C.TS, C.EVENT_ID)
+    )
+
+
+def select_quarantine(
+    classified: DataFrame, *, run_id: str, run_date: dt.date, stage_name: str = C.STAGE_INGEST
+) -> DataFrame:
+    return classified.filter(F.col("reason").isNotNull()).select(
+        F.lit(run_id).alias("run_id"),
+        F.lit(stage_name).alias("stage"),
+        F.col("source"),
+        F.col("reason"),
+        F.col("detail"),
+        F.col("raw_record"),
+        F.col("source_file"),
+        F.col("user_id"),
+        F.lit(None).cast("string").alias("event_id"),
+        F.col("ts").alias("event_ts"),
+        F.lit(run_date).alias("run_date"),
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def resolve_inputs(spark: SparkSession, cfg: Config, spec: SourceSpec, window_start: dt.date,
+                   window_end: dt.date, input_path: str | None) -> list[str]:
+    """The files to read: ``input_path`` as given, else each day's landing folder of the window."""
+    if input_path:
+        return [input_path]
+    days = (window_end - window_start).days + 1
+    paths = [cfg.landing_path(spec.name, window_start + dt.timedelta(d)) for d in range(days)]
+    jvm = spark.sparkContext._jvm
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    found = []
+    for folder in paths:
+        path = jvm.org.apache.hadoop.fs.Path(folder)
+        if path.getFileSystem(hadoop_conf).exists(path):
+            found.append(f"{folder}/{spec.file_glob}")
+        else:
+            raise FileNotFoundError(
+                f"no landing data for source {spec.name!r} at {folder} "
+                f"(generate or land the day's files first, or pass --input)"
+            )
+    return found
+
+
+def ingest(
+    spark: SparkSession,
+    cfg: Config,
+    spec: SourceSpec,
+    *,
+    window_start: dt.date,
+    window_end: dt.date,
+    input_path: str | None = None,
+) -> IngestResult:
+    """Ingest one source for the window [window_start, window_end]; see the module docstring."""
+    if window_end < window_start:
+        raise ConfigError(f"--to {window_end} is before --from {window_start}")
+    run_id = f"ingest-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    started_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    key = cfg.pseudonym_key()
+    inputs = resolve_inputs(spark, cfg, spec, window_start, window_end, input_path)
+    log.info("[ingest] run %s source=%s window=%s..%s inputs=%s", run_id, spec.name, window_start, window_end, inputs)
+
+    with stage("ingest: read and classify") as info:
+        classified = classify(
+            read_raw_lines(spark, inputs),
+            spec=spec,
+            window_start=window_start,
+            window_end=window_end,
+            max_field_chars=cfg.ingest.max_field_chars,
+            max_record_chars=cfg.ingest.max_record_chars,
+            pseudonym_key=key,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        counts = {
+            (r["reason"] or ""): r["n"]
+            for r in classified.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()
+        }
+        rows_read = sum(counts.values())
+        by_reason = {k: v for k, v in sorted(counts.items()) if k}
+        rows_quarantined = sum(by_reason.values())
+        info.update(rows_read=rows_read, quarantined=rows_quarantined)
+
+    where_window = (
+        f"source = '{spec.name}' AND event_date >= '{window_start}' AND event_date <= '{window_end}'"
+    )
+    where_quarantine = (
+        f"stage = '{C.STAGE_INGEST}' AND source = '{spec.name}' "
+        f"AND run_date >= '{window_start}' AND run_date <= '{window_end}'"
+    )
+    try:
+        with stage("ingest: write quarantine") as info:
+            quarantine = select_quarantine(classified, run_id=run_id, run_date=window_start)
+            metrics = tables.replace_where(
+                quarantine, cfg, C.EVENTS_QUARANTINE, where_quarantine, partition_by=[C.RUN_DATE]
+            )
+            quarantine_written = metrics.get("numOutputRows", 0)
+            info.update(rows=quarantine_written)
+        if quarantine_written != rows_quarantined:
+            raise RuntimeError(
+                f"quarantine accounting: {rows_quarantined} rows classified bad but "
+                f"{quarantine_written} written to {C.EVENTS_QUARANTINE}"
+            )
+
+        share = rows_quarantined / rows_read if rows_read else 0.0
+        threshold = cfg.ingest.quarantine_threshold
+        if share > threshold:
+            message = (
+                f"{rows_quarantined:,} of {rows_read:,} rows ({share:.1%}) quarantined, over "
+                f"ingest.quarantine_threshold={threshold:.1%}; see {cfg.lake.database}."
+                f"{C.EVENTS_QUARANTINE} where run_id = '{run_id}' (by reason: {by_reason}). "
+                f"Events for {window_start}..{window_end} were not written."
+            )
+            result = IngestResult(run_id, spec.name, window_start, window_end, rows_read, 0,
+                                  rows_quarantined, 0, rows_read - rows_quarantined, by_reason,
+                                  "failed", message)
+            _record_run(spark, cfg, result, inputs, started_at)
+            raise QuarantineThresholdExceeded(message)
+
+        with stage("ingest: deduplicate and write events") as info:
+            deduped = filter_exact_duplicates(
+                select_events(classified), partitions=cfg.ingest.files_per_day
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+            duplicates = deduped.agg(F.sum(F.col("_copies") - 1).alias("d")).first()["d"] or 0
+            metrics = tables.replace_where(
+                deduped.drop("_copies"), cfg, C.EVENTS, where_window, partition_by=[C.SOURCE, C.EVENT_DATE]
+            )
+            rows_written = metrics.get("numOutputRows", 0)
+            deduped.unpersist()
+            info.update(rows=rows_written, duplicates=duplicates)
+    finally:
+        classified.unpersist()
+
+    result = IngestResult(run_id, spec.name, window_start, window_end, rows_read, rows_written,
+                          rows_quarantined, duplicates, 0, by_reason, "ok", "")
+    if not result.balanced:
+        message = (
+            f"row accounting does not balance: read {rows_read} != written {rows_written} + "
+            f"quarantined {rows_quarantined} + duplicates {duplicates}"
+        )
+        result = dataclasses.replace(result, status="failed", message=message)
+        _record_run(spark, cfg, result, inputs, started_at)
+        raise RuntimeError(message)
+    _record_run(spark, cfg, result, inputs, started_at)
+    return result
+
+
+def _record_run(spark: SparkSession, cfg: Config, result: IngestResult, inputs: list[str],
+                started_at: dt.datetime) -> None:
+    row = (
+        result.run_id, result.source, result.window_start, result.window_end, inputs, started_at,
+        dt.datetime.now(dt.timezone.utc).replace(tzinfo=None), result.rows_read, result.rows_written,
+        result.rows_quarantined, result.duplicates_dropped, result.rows_held_back,
+        result.quarantined_by_reason, result.status, result.message or None,
+    )
+    tables.append(spark.createDataFrame([row], schemas.INGEST_RUNS), cfg, C.INGEST_RUNS)

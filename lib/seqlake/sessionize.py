@@ -1,0 +1,382 @@
+"""Cut each user's events into sessions, incrementally per day and identically in batch.
+
+Rule (documented in README "Sessions"):
+- A user's events are ordered by (ts, event_id). A gap of MORE than ``gap_minutes`` between two
+  consecutive events ends the uninterrupted *activity*; the next event starts a new one.
+- An activity longer than ``max_duration_minutes`` is cut into sessions at fixed offsets from
+  its first event: the event at ``ts`` belongs to slice floor((ts - activity_start) /
+  max_duration). Each (activity, slice) with at least one event is a session.
+- ``session_id`` = 128 bits of SHA-256 over (source, user_id, activity_start, slice): it depends
+  only on the events, so a session crossing midnight has the same id whether days run one by
+  one or together.
+- Events beyond ``user_daily_cap`` of one user on one UTC day (the first ``cap`` by (ts,
+  event_id) are kept) are quarantined with reason ``user_daily_cap`` before sessionizing, so a
+  bot cannot blow up one task.
+
+Incremental runs: the run for [from, to] reads the events of those days plus, from the
+``sessions`` table, each user's last session that could still be open at ``from`` (it ended
+less than ``gap_minutes`` before midnight); the events of ``from`` continue it. Session rows are
+recomputed from ``session_events`` for every session touched by the run and MERGEd, so a rerun
+of the same day with the same input changes nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import uuid
+
+import pyspark.sql.functions as F
+from delta.tables import DeltaTable
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession, Window
+
+from seqlake import constants as C
+from seqlake import schemas, tables
+from seqlake.config import Config
+from seqlake.progress import log, stage
+
+_MICROS_PER_MINUTE = 60_000_000
+
+
+class MissingPreviousDay(RuntimeError):
+    """The day before the run has events that were never sessionized."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionizeResult:
+    run_id: str
+    source: str
+    date_from: dt.date
+    date_to: dt.date
+    events_in: int
+    events_sessionized: int
+    events_capped: int
+    sessions_touched: int
+
+    @property
+    def balanced(self) -> bool:
+        return self.events_in == self.events_sessionized + self.events_capped
+
+
+def lookback_days(*, gap_minutes: int, max_duration_minutes: int) -> int:
+    """Whole days a session can reach back from its last event (max duration plus one gap)."""
+    return math.ceil((max_duration_minutes + gap_minutes) / (24 * 60))
+
+
+# --------------------------------------------------------------------------- transformations
+
+
+def with_day_rank(events: DataFrame) -> DataFrame:
+    """Add ``day_rank``: the event's 1-based position in its user's UTC day by (ts, event_id)."""
+    by_user_day = Window.partitionBy(C.USER_ID, C.EVENT_DATE).orderBy(C.TS, C.EVENT_ID)
+    return events.withColumn("day_rank", F.row_number().over(by_user_day))
+
+
+def open_session_tail(sessions: DataFrame, *, day: dt.date, gap_minutes: int) -> DataFrame:
+    """Each user's latest session ending within ``gap_minutes`` before ``day`` starts.
+
+    Output: user_id, tail_end, tail_activity_start, tail_session_id, tail_n_events. Expects
+    ``sessions`` already restricted to the days that can hold such a session.
+    """
+    midnight = dt.datetime.combine(day, dt.time())
+    latest = Window.partitionBy(C.USER_ID).orderBy(F.col("session_end").desc(), F.col(C.SESSION_ID).desc())
+    return (
+        sessions.filter(F.col("session_end") >= F.lit(midnight - dt.timedelta(minutes=gap_minutes)))
+        .filter(F.col("session_end") < F.lit(midnight))
+        .withColumn("_latest", F.row_number().over(latest))
+        .filter(F.col("_latest") == 1)
+        .select(
+            C.USER_ID,
+            F.col("session_end").alias("tail_end"),
+            F.col("activity_start").alias("tail_activity_start"),
+            F.col(C.SESSION_ID).alias("tail_session_id"),
+            F.col("n_events").alias("tail_n_events"),
+        )
+    )
+
+
+def with_session_assignment(
+    events: DataFrame, tail: DataFrame, *, gap_minutes: int, max_duration_minutes: int
+) -> DataFrame:
+    """Add activity_start, session_id, session_seq and is_session_start to every event.
+
+    ``events`` holds whole user-days in [from, to]; ``tail`` is ``open_session_tail`` for
+    ``from`` (empty for a first run). Best hash-partitioned by user_id beforehand: every window
+    here partitions by user_id, so that exchange is the only shuffle.
+    """
+    gap_us = gap_minutes * _MICROS_PER_MINUTE
+    max_us = max_duration_minutes * _MICROS_PER_MINUTE
+    by_user = Window.partitionBy(C.USER_ID).orderBy(C.TS, C.EVENT_ID)
+    so_far = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    previous_ts = F.coalesce(F.lag(C.TS).over(by_user), F.col("tail_end"))
+    gap_break = previous_ts.isNull() | ((F.unix_micros(C.TS) - F.unix_micros(previous_ts)) > gap_us)
+    with_activity = (
+        events.join(tail, on=C.USER_ID, how="left")
+        .withColumn("_gap_break", gap_break)
+        # ts never decreases along the window, so the latest break is the running maximum.
+        .withColumn(
+            "activity_start",
+            F.coalesce(F.max(F.when(F.col("_gap_break"), F.col(C.TS))).over(so_far), F.col("tail_activity_start")),
+        )
+        .withColumn(
+            "_slice",
+            F.floor((F.unix_micros(C.TS) - F.unix_micros("activity_start")) / F.lit(max_us)).cast("long"),
+        )
+        .withColumn(
+            C.SESSION_ID,
+            F.substring(
+                F.sha2(
+                    F.concat_ws(
+                        "|", C.SOURCE, C.USER_ID, F.unix_micros("activity_start").cast("string"),
+                        F.col("_slice").cast("string"),
+                    ),
+                    256,
+                ),
+                1,
+                32,
+            ),
+        )
+    )
+    by_session = Window.partitionBy(C.USER_ID, C.SESSION_ID).orderBy(C.TS, C.EVENT_ID)
+    previous_session = F.coalesce(F.lag(C.SESSION_ID).over(by_user), F.col("tail_session_id"))
+    continued = F.when(F.col(C.SESSION_ID) == F.col("tail_session_id"), F.col("tail_n_events")).otherwise(0)
+    return (
+        with_activity.withColumn(
+            "is_session_start", previous_session.isNull() | (previous_session != F.col(C.SESSION_ID))
+        )
+        .withColumn("session_seq", (F.row_number().over(by_session) + continued).cast("int"))
+        .select(*[f.name for f in schemas.SESSION_EVENTS.fields])
+    )
+
+
+def sessions_from_events(session_events: DataFrame) -> DataFrame:
+    """One row per session, aggregated from all its events (schema ``schemas.SESSIONS``)."""
+    counts = [
+        F.sum(F.when(F.col(C.EVENT_TYPE) == t, 1).otherwise(0)).cast("long").alias(f"n_{t}")
+        for t in C.EVENT_TYPES
+    ]
+    revenue = F.sum(F.when(F.col(C.EVENT_TYPE) == "purchase", F.coalesce(F.col("price"), F.lit(0.0))))
+    return (
+        session_events.groupBy(C.SOURCE, C.USER_ID, C.SESSION_ID)
+        .agg(
+            F.min(C.TS).alias("session_start"),
+            F.max(C.TS).alias("session_end"),
+            F.min("activity_start").alias("activity_start"),
+            F.count(F.lit(1)).alias("n_events"),
+            *counts,
+            F.countDistinct("item_id").alias("distinct_items"),
+            F.coalesce(revenue, F.lit(0.0)).alias("revenue"),
+        )
+        .withColumn("has_purchase", F.col("n_purchase") > 0)
+        .withColumn(
+            "duration_seconds",
+            (F.unix_micros("session_end") - F.unix_micros("session_start")) / F.lit(1_000_000.0),
+        )
+        .withColumn(C.SESSION_DATE, F.to_date("session_start"))
+        .select(*[f.name for f in schemas.SESSIONS.fields])
+    )
+
+
+def select_capped_quarantine(capped: DataFrame, *, run_id: str, cap: int) -> DataFrame:
+    """Events over the per-user daily cap as quarantine rows (the event itself as JSON)."""
+    event_cols = [f.name for f in schemas.EVENTS.fields]
+    return capped.select(
+        F.lit(run_id).alias("run_id"),
+        F.lit(C.STAGE_SESSIONIZE).alias("stage"),
+        C.SOURCE,
+        F.lit(C.USER_DAILY_CAP).alias("reason"),
+        F.concat(F.lit("event "), F.col("day_rank").cast("string"), F.lit(f" of the user's day, cap {cap}")).alias(
+            "detail"
+        ),
+        F.to_json(F.struct(*event_cols)).alias("raw_record"),
+        F.lit(None).cast("string").alias("source_file"),
+        C.USER_ID,
+        C.EVENT_ID,
+        F.col(C.TS).alias("event_ts"),
+        F.col(C.EVENT_DATE).alias(C.RUN_DATE),
+    )
+
+
+def source_session_agreement(session_events: DataFrame) -> dict[str, float]:
+    """How often our sessions coincide with the source's own session ids (e.g. REES46's).
+
+    An exact match is a session of ours whose events all carry one source session id that no
+    other session of ours carries. Returns counts and shares; only aggregates reach the driver.
+    """
+    labelled = session_events.filter(F.col("source_session_id").isNotNull())
+    ours = labelled.groupBy(C.SESSION_ID).agg(
+        F.countDistinct("source_session_id").alias("n_source"), F.first("source_session_id").alias("sid")
+    )
+    theirs = labelled.groupBy("source_session_id").agg(F.countDistinct(C.SESSION_ID).alias("n_ours"))
+    joined = ours.join(theirs, ours["sid"] == theirs["source_session_id"], how="left")
+    row = joined.agg(
+        F.count(F.lit(1)).alias("ours"),
+        F.sum(F.when((F.col("n_source") == 1) & (F.col("n_ours") == 1), 1).otherwise(0)).alias("exact"),
+        F.sum(F.when(F.col("n_source") > 1, 1).otherwise(0)).alias("merged"),
+    ).first()
+    n_theirs = theirs.count()
+    ours_n, exact = row["ours"] or 0, row["exact"] or 0
+    return {
+        "our_sessions": ours_n,
+        "source_sessions": n_theirs,
+        "exact_matches": exact,
+        "our_sessions_spanning_several_source_sessions": row["merged"] or 0,
+        "share_of_our_sessions_matching": exact / ours_n if ours_n else 0.0,
+        "share_of_source_sessions_matching": exact / n_theirs if n_theirs else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _date_range_sql(column: str, start: dt.date, end: dt.date) -> str:
+    return f"{column} >= '{start}' AND {column} <= '{end}'"
+
+
+def check_previous_day(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
+    """Fail when events exist for ``day`` but were never sessionized (a skipped night)."""
+    if not tables.exists(spark, cfg, C.EVENTS):
+        return
+    has_events = (
+        tables.read(spark, cfg, C.EVENTS)
+        .filter((F.col(C.SOURCE) == source) & (F.col(C.EVENT_DATE) == F.lit(day)))
+        .limit(1)
+        .count()
+    )
+    if not has_events:
+        return
+    done = tables.exists(spark, cfg, C.SESSION_EVENTS) and (
+        tables.read(spark, cfg, C.SESSION_EVENTS)
+        .filter((F.col(C.SOURCE) == source) & (F.col(C.EVENT_DATE) == F.lit(day)))
+        .limit(1)
+        .count()
+    )
+    if not done:
+        raise MissingPreviousDay(
+            f"events of source {source!r} for {day} were never sessionized; run "
+            f"`seqlake sessionize --date {day}` first, or sessionize a range with --from/--to"
+        )
+
+
+def sessionize(
+    spark: SparkSession, cfg: Config, *, source: str, date_from: dt.date, date_to: dt.date
+) -> SessionizeResult:
+    """Sessionize the events of ``source`` for the UTC days [date_from, date_to]."""
+    settings = cfg.sessionize
+    run_id = f"sessionize-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    started_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    back = lookback_days(gap_minutes=settings.gap_minutes, max_duration_minutes=settings.max_duration_minutes)
+    check_previous_day(spark, cfg, source, date_from - dt.timedelta(days=1))
+    log.info("[sessionize] run %s source=%s days=%s..%s", run_id, source, date_from, date_to)
+
+    events = tables.read(spark, cfg, C.EVENTS, schemas.EVENTS).filter(
+        (F.col(C.SOURCE) == source) & F.col(C.EVENT_DATE).between(F.lit(date_from), F.lit(date_to))
+    )
+    ranked = (
+        events.repartition(cfg.spark.shuffle_partitions, C.USER_ID)
+        .transform(with_day_rank)
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )
+    try:
+        with stage("sessionize: assign sessions") as info:
+            events_in = ranked.count()
+            previous = tables.read(spark, cfg, C.SESSIONS, schemas.SESSIONS).filter(
+                (F.col(C.SOURCE) == source)
+                & F.col(C.SESSION_DATE).between(
+                    F.lit(date_from - dt.timedelta(days=back)), F.lit(date_from - dt.timedelta(days=1))
+                )
+            )
+            tail = open_session_tail(previous, day=date_from, gap_minutes=settings.gap_minutes)
+            assigned = with_session_assignment(
+                ranked.filter(F.col("day_rank") <= settings.user_daily_cap),
+                tail,
+                gap_minutes=settings.gap_minutes,
+                max_duration_minutes=settings.max_duration_minutes,
+            )
+            metrics = tables.replace_where(
+                assigned,
+                cfg,
+                C.SESSION_EVENTS,
+                f"source = '{source}' AND " + _date_range_sql(C.EVENT_DATE, date_from, date_to),
+                partition_by=[C.SOURCE, C.EVENT_DATE],
+            )
+            sessionized = metrics.get("numOutputRows", 0)
+            info.update(events_in=events_in, events_sessionized=sessionized)
+
+        with stage("sessionize: quarantine events over the daily cap") as info:
+            capped_rows = select_capped_quarantine(
+                ranked.filter(F.col("day_rank") > settings.user_daily_cap), run_id=run_id, cap=settings.user_daily_cap
+            )
+            metrics = tables.replace_where(
+                capped_rows,
+                cfg,
+                C.EVENTS_QUARANTINE,
+                f"stage = '{C.STAGE_SESSIONIZE}' AND source = '{source}' AND "
+                + _date_range_sql(C.RUN_DATE, date_from, date_to),
+                partition_by=[C.RUN_DATE],
+            )
+            capped = metrics.get("numOutputRows", 0)
+            info.update(events_capped=capped)
+    finally:
+        ranked.unpersist()
+
+    with stage("sessionize: merge sessions") as info:
+        touched = (
+            tables.read(spark, cfg, C.SESSION_EVENTS)
+            .filter(
+                (F.col(C.SOURCE) == source)
+                & F.col(C.EVENT_DATE).between(
+                    F.lit(date_from - dt.timedelta(days=back)), F.lit(date_to + dt.timedelta(days=back))
+                )
+            )
+            .withColumn("_in_run", F.col(C.EVENT_DATE).between(F.lit(date_from), F.lit(date_to)))
+            .withColumn("_touched", F.max("_in_run").over(Window.partitionBy(C.SESSION_ID)))
+            .filter(F.col("_touched"))
+            .transform(sessions_from_events)
+        )
+        sessions_touched = merge_sessions(spark, cfg, touched, source=source, date_from=date_from,
+                                          date_to=date_to, back=back)
+        info.update(sessions_touched=sessions_touched)
+
+    result = SessionizeResult(run_id, source, date_from, date_to, events_in, sessionized, capped, sessions_touched)
+    row = (run_id, source, date_from, date_to, started_at, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
+           events_in, sessionized, capped, sessions_touched)
+    tables.append(spark.createDataFrame([row], schemas.SESSIONIZE_RUNS), cfg, C.SESSIONIZE_RUNS)
+    if not result.balanced:
+        raise RuntimeError(
+            f"sessionize accounting does not balance: {events_in} events in, {sessionized} "
+            f"sessionized + {capped} quarantined over the daily cap"
+        )
+    return result
+
+
+def merge_sessions(
+    spark: SparkSession, cfg: Config, touched: DataFrame, *, source: str, date_from: dt.date,
+    date_to: dt.date, back: int,
+) -> int:
+    """Upsert the recomputed sessions; delete this range's sessions that no longer exist."""
+    if not tables.exists(spark, cfg, C.SESSIONS):
+        metrics = tables.replace_where(
+            touched, cfg, C.SESSIONS,
+            f"source = '{source}' AND " + _date_range_sql(C.SESSION_DATE, date_from - dt.timedelta(days=back), date_to),
+            partition_by=[C.SOURCE, C.SESSION_DATE],
+        )
+        return metrics.get("numOutputRows", 0)
+    target = DeltaTable.forPath(spark, cfg.table_path(C.SESSIONS))
+    in_scope = (
+        f"t.source = '{source}' AND "
+        + _date_range_sql("t.session_date", date_from - dt.timedelta(days=back), date_to)
+    )
+    (
+        target.alias("t")
+        .merge(touched.alias("s"), f"{in_scope} AND t.session_id = s.session_id")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .whenNotMatchedBySourceDelete(
+            condition=f"t.source = '{source}' AND " + _date_range_sql("t.session_date", date_from, date_to)
+        )
+        .execute()
+    )
+    metrics = tables.last_operation_metrics(spark, cfg, C.SESSIONS)
+    return metrics.get("numTargetRowsUpdated", 0) + metrics.get("numTargetRowsInserted", 0)

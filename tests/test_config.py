@@ -1,0 +1,120 @@
+"""Configuration errors name the key and what was expected, before Spark starts."""
+import datetime as dt
+import subprocess
+import sys
+
+import pytest
+
+from seqlake.config import ConfigError, load_config
+from seqlake.sources import load_source, parse_source
+
+from conftest import REPO
+
+
+def test_defaults_and_overrides_are_typed(tmp_path):
+    cfg = load_config(
+        REPO / "conf" / "local.yaml",
+        ["lake.root=/tmp/x", "sessionize.gap_minutes=45", "generator.start_date=2024-02-03",
+         "spark.conf.spark.sql.shuffle.partitions=3", "pseudonymise.enabled=true"],
+    )
+    assert cfg.lake.root == "/tmp/x"
+    assert cfg.sessionize.gap_minutes == 45
+    assert cfg.generator.start_date == dt.date(2024, 2, 3)
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
+    assert cfg.pseudonymise.enabled is True
+    assert cfg.table_path("events") == "/tmp/x/events"
+
+
+def test_uri_lake_root_is_kept_verbatim():
+    cfg = load_config(None, ["lake.root=s3a://bucket/lake/", "lake.landing_root=s3a://bucket/landing"])
+    assert cfg.table_path("events") == "s3a://bucket/lake/events"
+    assert cfg.landing_path("generator", dt.date(2024, 1, 2)) == "s3a://bucket/landing/raw/generator/dt=2024-01-02"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lake.roots=/x", "lake.roots: unknown setting"),
+        ("nonsense=1", "nonsense: unknown setting"),
+        ("sessionize.gap_minutes=abc", "sessionize.gap_minutes: expected an integer, got 'abc'"),
+        ("sessionize.gap_minutes=0", "sessionize.gap_minutes: expected an integer >= 1"),
+        ("sessionize.max_duration_minutes=10", "sessionize.max_duration_minutes: expected more minutes"),
+        ("generator.start_date=2024-13-01", "generator.start_date: expected a date as YYYY-MM-DD, got '2024-13-01'"),
+        ("generator.start_date=yesterday", "generator.start_date: expected a date as YYYY-MM-DD"),
+        ("pseudonymise.enabled=maybe", "pseudonymise.enabled: expected true or false"),
+        ("ingest.quarantine_threshold=2", "ingest.quarantine_threshold: expected a share between 0 and 1"),
+        ("lake.catalog=glue", "lake.catalog: expected 'hive' or 'in_memory'"),
+        ("spark=3", "spark: expected a mapping of settings, got int"),
+        ("novalue", "expected key=value"),
+    ],
+)
+def test_bad_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(REPO / "conf" / "local.yaml", [override])
+    assert message in str(info.value)
+
+
+def test_bad_yaml_file_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("spark: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("ingest:\n  quarantine_treshold: 0.1\n")
+    with pytest.raises(ConfigError, match=r"ingest.quarantine_treshold: unknown setting"):
+        load_config(nested)
+
+
+def test_pseudonym_key_must_be_set(monkeypatch):
+    cfg = load_config(None, ["pseudonymise.enabled=true", "pseudonymise.key_env=SEQLAKE_TEST_KEY"])
+    monkeypatch.delenv("SEQLAKE_TEST_KEY", raising=False)
+    with pytest.raises(ConfigError, match="SEQLAKE_TEST_KEY"):
+        cfg.pseudonym_key()
+    monkeypatch.setenv("SEQLAKE_TEST_KEY", "k")
+    assert cfg.pseudonym_key() == b"k"
+
+
+def test_shipped_sources_load():
+    sources_dir = REPO / "conf" / "sources"
+    assert load_source(str(sources_dir), "rees46").header_line.startswith("event_time,event_type,product_id")
+    assert load_source(str(sources_dir), "taobao").event_types["buy"] == "purchase"
+    assert load_source(str(sources_dir), "generator").format == "json"
+    with pytest.raises(ConfigError, match="known sources: .*rees46"):
+        load_source(str(sources_dir), "nosuch")
+
+
+def test_source_errors_name_the_key():
+    base = {"format": "csv", "columns": ["a", "b", "c", "d", "e"], "timestamp": {"format": "unix_seconds"},
+            "fields": {"user_id": "a", "ts": "b", "event_type": "c", "item_id": "d", "category_id": "e"},
+            "event_types": {"pv": "view"}}
+    parse_source(base, where="x.yaml", name="x")
+    with pytest.raises(ConfigError, match=r"x.yaml: event_types.pv: 'look' is not a canonical event type"):
+        parse_source({**base, "event_types": {"pv": "look"}}, where="x.yaml", name="x")
+    with pytest.raises(ConfigError, match=r"fields.item_id: required canonical field is not mapped"):
+        parse_source({**base, "fields": {k: v for k, v in base["fields"].items() if k != "item_id"}},
+                     where="x.yaml", name="x")
+    with pytest.raises(ConfigError, match=r"raw column 'zz' is not in columns"):
+        parse_source({**base, "fields": {**base["fields"], "brand": "zz"}}, where="x.yaml", name="x")
+
+
+def test_cli_rejects_bad_input_before_spark(tmp_path):
+    """Exit 2 with a one-line error naming the problem; no lake is created."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "seqlake.cli", "--set", f"lake.root={tmp_path}/lake", *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+
+    cases = [
+        (["ingest", "--date", "2024-02-30"], "--date: expected a date as YYYY-MM-DD, got '2024-02-30'"),
+        (["ingest", "--from", "2024-02-03", "--to", "2024-02-01"], "--to 2024-02-01 is before --from 2024-02-03"),
+        (["ingest"], "a date is required"),
+        (["--set", "sessionize.gap_minutes=-5", "sessionize", "--date", "2024-01-01"], "sessionize.gap_minutes"),
+        (["ingest", "--source", "nosuch", "--date", "2024-01-01"], "source 'nosuch': no file"),
+    ]
+    for args, message in cases:
+        proc = run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "lake").exists()

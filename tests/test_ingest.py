@@ -1,0 +1,229 @@
+"""Ingestion: exact outputs on tiny inputs, reason codes, HMAC, idempotency, accounting on real data."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+
+import pyspark.sql.functions as F
+import pytest
+from pyspark.testing import assertDataFrameEqual
+
+from seqlake import constants as C
+from seqlake import schemas, tables
+from seqlake.ingest import (
+    QuarantineThresholdExceeded,
+    classify,
+    hmac_sha256_hex,
+    ingest,
+    select_events,
+    select_quarantine,
+)
+from seqlake.sources import load_source
+
+from conftest import REES46, REPO, TAOBAO, make_config
+
+SOURCES = str(REPO / "conf" / "sources")
+DAY = dt.date(2024, 1, 2)
+
+
+def event(**overrides):
+    record = {"user_id": "u1", "ts": "2024-01-02T10:00:00.123Z", "event_type": "view", "item_id": "i1",
+              "category_id": "c1", "category_path": "a.b", "brand": "acme", "price": 12.5, "session": "s1"}
+    record.update(overrides)
+    return json.dumps({k: v for k, v in record.items() if v is not ...}, ensure_ascii=False)
+
+
+def expected_event_id(parts):
+    """Independent re-implementation of the documented event_id contract."""
+    text = "\u001f".join("\u0000" if p is None else p for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+# (line, expected reason or None)
+CASES = [
+    (event(), None),
+    (event(user_id="u2", brand=None, price=None, category_path=..., session=...,
+           ts="2024-01-02T23:59:59Z", event_type="PURCHASE"), None),
+    ('{"user_id": "u1", "ts": ', C.MALFORMED_RECORD),
+    ("", C.MALFORMED_RECORD),
+    ("[1, 2]", C.MALFORMED_RECORD),
+    (event(item_id=...), "missing_item_id"),
+    (event(user_id="  "), "missing_user_id"),
+    (event(ts="not-a-time"), C.BAD_TIMESTAMP),
+    (event(ts="2024-01-01T23:59:59Z"), C.TS_BEFORE_WINDOW),
+    (event(ts="2027-01-02T10:00:00Z"), C.TS_AFTER_WINDOW),
+    (event(event_type="teleport"), C.UNKNOWN_EVENT_TYPE),
+    (event(price="abc"), C.BAD_PRICE),
+    (event(price=-3), C.NEGATIVE_PRICE),
+    (event(user_id={"id": 1}), C.NESTED_VALUE),
+    (event(brand="x" * 2000), C.OVERSIZED_FIELD),
+    (event(brand="caf\ufffd"), C.BAD_ENCODING),
+    (event(), None),  # exact duplicate of the first line
+]
+
+
+def lines_df(spark, lines):
+    return spark.createDataFrame([(line, "f.jsonl") for line in lines], "raw_record string, source_file string")
+
+
+def test_classify_gives_each_bad_row_its_reason(spark):
+    spec = load_source(SOURCES, "generator")
+    classified = classify(lines_df(spark, [c[0] for c in CASES]), spec=spec, window_start=DAY, window_end=DAY,
+                          max_field_chars=1024, max_record_chars=16384, pseudonym_key=None)
+    got = sorted((r.raw_record, r.reason) for r in classified.select("raw_record", "reason").collect())
+    assert got == sorted(CASES, key=lambda c: (c[0], c[1] or ""))  # one row out per row in
+
+
+def test_valid_rows_become_exact_canonical_events(spark):
+    spec = load_source(SOURCES, "generator")
+    classified = classify(lines_df(spark, [CASES[0][0], CASES[1][0], CASES[2][0]]), spec=spec,
+                          window_start=DAY, window_end=DAY, max_field_chars=1024, max_record_chars=16384,
+                          pseudonym_key=None)
+    ts1 = dt.datetime(2024, 1, 2, 10, 0, 0, 123000)
+    ts2 = dt.datetime(2024, 1, 2, 23, 59, 59)
+    id1 = expected_event_id(["generator", "u1", "1704189600123000", "view", "i1", "c1", "a.b", "acme", "12.5", "s1"])
+    id2 = expected_event_id(["generator", "u2", "1704239999000000", "purchase", "i1", "c1", None, None, None, None])
+    expected = spark.createDataFrame(
+        [
+            (id1, "u1", ts1, "view", "i1", "c1", "a.b", "acme", 12.5, "s1", "generator", DAY),
+            # the null row: no brand, price, category path or session
+            (id2, "u2", ts2, "purchase", "i1", "c1", None, None, None, None, "generator", DAY),
+        ],
+        schemas.EVENTS,
+    )
+    assertDataFrameEqual(select_events(classified), expected)
+    quarantine = select_quarantine(classified, run_id="r1", run_date=DAY)
+    assert [(r.reason, r.detail, r.source_file) for r in quarantine.collect()] == [
+        ("malformed_record", "not a valid json record", "f.jsonl")
+    ]
+
+
+def test_csv_source_with_header_and_pattern_timestamps(spark):
+    spec = load_source(SOURCES, "rees46")
+    lines = [
+        spec.header_line,
+        "2019-10-01 00:00:05 UTC,view,44600062,2103807459595387724,,shiseido,35.79,541312140,72d7",
+        "2019-10-01 00:00:06 UTC,cart,3900821,2053013552326770905,appliances.water,,,554748717,",
+        "2019-10-01 00:00:07 UTC,view,3900821",  # too few columns
+        "2019-10-01 00:61:00 UTC,view,1,2,,,1.0,3,s",  # invalid minute
+    ]
+    classified = classify(lines_df(spark, lines), spec=spec, window_start=dt.date(2019, 10, 1),
+                          window_end=dt.date(2019, 10, 1), max_field_chars=1024, max_record_chars=16384,
+                          pseudonym_key=None)
+    reasons = sorted(r.reason or "" for r in classified.select("reason").collect())
+    assert reasons == ["", "", "bad_timestamp", "malformed_record"]
+    valid = select_events(classified).orderBy("ts").collect()
+    # a 19-digit category id survives as text, an empty price is null, the header is not a row
+    assert [(r.category_id, r.price, r.brand, r.ts) for r in valid] == [
+        ("2103807459595387724", 35.79, "shiseido", dt.datetime(2019, 10, 1, 0, 0, 5)),
+        ("2053013552326770905", None, None, dt.datetime(2019, 10, 1, 0, 0, 6)),
+    ]
+
+
+def test_hmac_matches_python(spark):
+    key = b"secret-key-0123456789"
+    got = spark.createDataFrame([("u1",), ("541312140",)], "v string").select(
+        hmac_sha256_hex(F.col("v"), key).alias("h")).collect()
+    assert [r.h for r in got] == [hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in ("u1", "541312140")]
+
+
+def write_landing(cfg, day, lines, name="part-00.jsonl"):
+    folder = cfg.landing_path("generator", day)
+    import pathlib
+
+    pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(folder) / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def snapshot(spark, cfg, table, drop=()):
+    return sorted(tuple(r) for r in tables.read(spark, cfg, table).drop(*drop).collect())
+
+
+def test_run_accounts_for_every_row_and_is_idempotent(spark, tmp_path):
+    cfg = make_config(tmp_path, "ingest.quarantine_threshold=1.0")
+    write_landing(cfg, DAY, [c[0] for c in CASES if c[0] != ""])
+    spec = load_source(SOURCES, "generator")
+    first = ingest(spark, cfg, spec, window_start=DAY, window_end=DAY)
+    bad = [c[1] for c in CASES if c[1] is not None and c[0] != ""]
+    assert first.rows_read == len(CASES) - 1
+    assert first.rows_quarantined == len(bad)
+    assert first.duplicates_dropped == 1
+    assert first.rows_written == 2
+    assert first.quarantined_by_reason == {r: bad.count(r) for r in set(bad)}
+    assert first.balanced
+
+    events_v1 = snapshot(spark, cfg, C.EVENTS)
+    quarantine_v1 = snapshot(spark, cfg, C.EVENTS_QUARANTINE, drop=["run_id"])
+    second = ingest(spark, cfg, spec, window_start=DAY, window_end=DAY)
+    assert second.run_id != first.run_id
+    assert snapshot(spark, cfg, C.EVENTS) == events_v1
+    assert snapshot(spark, cfg, C.EVENTS_QUARANTINE, drop=["run_id"]) == quarantine_v1
+    runs = tables.read(spark, cfg, C.INGEST_RUNS).orderBy("started_at").collect()
+    assert [(r.rows_read, r.rows_written, r.rows_quarantined, r.duplicates_dropped, r.status) for r in runs] == [
+        (16, 2, 13, 1, "ok"), (16, 2, 13, 1, "ok")]
+
+
+def test_threshold_failure_writes_quarantine_but_not_events(spark, tmp_path):
+    cfg = make_config(tmp_path, "ingest.quarantine_threshold=0.5")
+    spec = load_source(SOURCES, "generator")
+    write_landing(cfg, DAY, [event()])
+    ingest(spark, cfg, spec, window_start=DAY, window_end=DAY)
+    before = snapshot(spark, cfg, C.EVENTS)
+    write_landing(cfg, DAY, [event(), "{broken", "{broken2"])  # 2 of 3 rows bad
+    with pytest.raises(QuarantineThresholdExceeded, match=r"2 of 3 rows \(66.7%\) quarantined"):
+        ingest(spark, cfg, spec, window_start=DAY, window_end=DAY)
+    assert snapshot(spark, cfg, C.EVENTS) == before  # the previous good version stays
+    reasons = [r.reason for r in tables.read(spark, cfg, C.EVENTS_QUARANTINE).collect()]
+    assert reasons == ["malformed_record", "malformed_record"]
+    failed = tables.read(spark, cfg, C.INGEST_RUNS).filter("status = 'failed'").first()
+    assert (failed.rows_read, failed.rows_quarantined, failed.rows_held_back, failed.rows_written) == (3, 2, 1, 0)
+
+
+def test_missing_landing_folder_is_a_clear_error(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no landing data for source 'generator' at .*dt=2024-01-02"):
+        ingest(spark, cfg, load_source(SOURCES, "generator"), window_start=DAY, window_end=DAY)
+
+
+def test_pseudonymisation_keeps_raw_ids_out_of_every_table(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQLAKE_PSEUDONYM_KEY", "k3y")
+    cfg = make_config(tmp_path, "pseudonymise.enabled=true", "ingest.quarantine_threshold=1.0")
+    raw_ids = ["alice-771", "bob-882"]
+    write_landing(cfg, DAY, [event(user_id=raw_ids[0]), event(user_id=raw_ids[1], price=-1), '{"user_id": "alice-771", '])
+    ingest(spark, cfg, load_source(SOURCES, "generator"), window_start=DAY, window_end=DAY)
+    expected = hmac.new(b"k3y", raw_ids[0].encode(), hashlib.sha256).hexdigest()
+    assert [r.user_id for r in tables.read(spark, cfg, C.EVENTS).collect()] == [expected]
+    for table in (C.EVENTS, C.EVENTS_QUARANTINE, C.INGEST_RUNS):
+        for path in (tmp_path / "lake" / table).rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                assert not any(raw.encode() in data for raw in raw_ids), path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, path, window, expected",
+    [
+        # counts from ../shared/data/README.md: 17,424 rows with 5 exact duplicates
+        ("rees46", REES46, (dt.date(2019, 10, 1), dt.date(2019, 10, 1)), (17424, 17419, 0, 5)),
+        # 31,446 rows; 5 stray rows from months / days before the dataset's window
+        ("taobao", TAOBAO, (dt.date(2017, 11, 24), dt.date(2017, 12, 3)), (31446, 31441, 5, 0)),
+    ],
+)
+def test_real_samples_balance(spark, tmp_path, source, path, window, expected):
+    cfg = make_config(tmp_path)
+    result = ingest(spark, cfg, load_source(SOURCES, source), window_start=window[0], window_end=window[1],
+                    input_path=str(path))
+    assert (result.rows_read, result.rows_written, result.rows_quarantined, result.duplicates_dropped) == expected
+    assert result.balanced
+    events = tables.read(spark, cfg, C.EVENTS)
+    assert events.count() == result.rows_written
+    assert events.select("event_id").distinct().count() == result.rows_written
+    quarantine = tables.read(spark, cfg, C.EVENTS_QUARANTINE)
+    assert quarantine.count() == result.rows_quarantined
+    if source == "taobao":
+        assert {r.reason for r in quarantine.collect()} == {C.TS_BEFORE_WINDOW}
+        by_type = {r.event_type: r["count"] for r in events.groupBy("event_type").count().collect()}
+        assert set(by_type) == {"view", "cart", "fav", "purchase"}

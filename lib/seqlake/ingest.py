@@ -410,10 +410,9 @@ def ingest(
     try:
         with stage("ingest: write quarantine") as info:
             quarantine = select_quarantine(classified, run_id=run_id, run_date=window_start)
-            metrics = tables.replace_where(
+            quarantine_written = tables.replace_where(
                 quarantine, cfg, C.EVENTS_QUARANTINE, where_quarantine, partition_by=[C.RUN_DATE]
             )
-            quarantine_written = metrics.get("numOutputRows", 0)
             info.update(rows=quarantine_written)
         if quarantine_written != rows_quarantined:
             raise RuntimeError(
@@ -441,10 +440,9 @@ def ingest(
                 select_events(classified), partitions=cfg.ingest.files_per_day
             ).persist(StorageLevel.MEMORY_AND_DISK)
             duplicates = deduped.agg(F.sum(F.col("_copies") - 1).alias("d")).first()["d"] or 0
-            metrics = tables.replace_where(
+            rows_written = tables.replace_where(
                 deduped.drop("_copies"), cfg, C.EVENTS, where_window, partition_by=[C.SOURCE, C.EVENT_DATE]
             )
-            rows_written = metrics.get("numOutputRows", 0)
             deduped.unpersist()
             info.update(rows=rows_written, duplicates=duplicates)
     finally:

@@ -13,9 +13,9 @@ Rule (documented in README "Sessions"):
   event_id) are kept) are quarantined with reason ``user_daily_cap`` before sessionizing, so a
   bot cannot blow up one task.
 
-Incremental runs: the run for [from, to] reads the events of those days plus, from the
-``sessions`` table, each user's last session that could still be open at ``from`` (it ended
-less than ``gap_minutes`` before midnight); the events of ``from`` continue it. Session rows are
+Incremental runs: the run for [from, to] reads the events of those days plus, from
+``session_events``, each user's last event before ``from`` if it lies within ``gap_minutes``
+of midnight; the events of ``from`` continue that event's session. Session rows are
 recomputed from ``session_events`` for every session touched by the run and MERGEd, so a rerun
 of the same day with the same input changes nothing.
 """
@@ -73,25 +73,28 @@ def with_day_rank(events: DataFrame) -> DataFrame:
     return events.withColumn("day_rank", F.row_number().over(by_user_day))
 
 
-def open_session_tail(sessions: DataFrame, *, day: dt.date, gap_minutes: int) -> DataFrame:
-    """Each user's latest session ending within ``gap_minutes`` before ``day`` starts.
+def open_session_tail(session_events: DataFrame, *, day: dt.date, gap_minutes: int) -> DataFrame:
+    """Each user's last event before ``day`` if it is within ``gap_minutes`` of midnight.
 
-    Output: user_id, tail_end, tail_activity_start, tail_session_id, tail_n_events. Expects
-    ``sessions`` already restricted to the days that can hold such a session.
+    Output: user_id, tail_end, tail_activity_start, tail_session_id, tail_n_events (the
+    event's position in its session, i.e. the session's length so far). Built from
+    ``session_events`` before ``day`` only, so it is the same whether or not ``day`` or later
+    days were already processed (reruns). Expects ``session_events`` restricted to the days
+    that can hold such an event.
     """
     midnight = dt.datetime.combine(day, dt.time())
-    latest = Window.partitionBy(C.USER_ID).orderBy(F.col("session_end").desc(), F.col(C.SESSION_ID).desc())
+    latest = Window.partitionBy(C.USER_ID).orderBy(F.col(C.TS).desc(), F.col(C.EVENT_ID).desc())
     return (
-        sessions.filter(F.col("session_end") >= F.lit(midnight - dt.timedelta(minutes=gap_minutes)))
-        .filter(F.col("session_end") < F.lit(midnight))
+        session_events.filter(F.col(C.TS) >= F.lit(midnight - dt.timedelta(minutes=gap_minutes)))
+        .filter(F.col(C.TS) < F.lit(midnight))
         .withColumn("_latest", F.row_number().over(latest))
         .filter(F.col("_latest") == 1)
         .select(
             C.USER_ID,
-            F.col("session_end").alias("tail_end"),
+            F.col(C.TS).alias("tail_end"),
             F.col("activity_start").alias("tail_activity_start"),
             F.col(C.SESSION_ID).alias("tail_session_id"),
-            F.col("n_events").alias("tail_n_events"),
+            F.col("session_seq").alias("tail_n_events"),
         )
     )
 
@@ -281,10 +284,11 @@ def sessionize(
     try:
         with stage("sessionize: assign sessions") as info:
             events_in = ranked.count()
-            previous = tables.read(spark, cfg, C.SESSIONS, schemas.SESSIONS).filter(
+            gap_days = math.ceil(settings.gap_minutes / (24 * 60))
+            previous = tables.read(spark, cfg, C.SESSION_EVENTS, schemas.SESSION_EVENTS).filter(
                 (F.col(C.SOURCE) == source)
-                & F.col(C.SESSION_DATE).between(
-                    F.lit(date_from - dt.timedelta(days=back)), F.lit(date_from - dt.timedelta(days=1))
+                & F.col(C.EVENT_DATE).between(
+                    F.lit(date_from - dt.timedelta(days=gap_days)), F.lit(date_from - dt.timedelta(days=1))
                 )
             )
             tail = open_session_tail(previous, day=date_from, gap_minutes=settings.gap_minutes)
@@ -294,21 +298,20 @@ def sessionize(
                 gap_minutes=settings.gap_minutes,
                 max_duration_minutes=settings.max_duration_minutes,
             )
-            metrics = tables.replace_where(
+            sessionized = tables.replace_where(
                 assigned,
                 cfg,
                 C.SESSION_EVENTS,
                 f"source = '{source}' AND " + _date_range_sql(C.EVENT_DATE, date_from, date_to),
                 partition_by=[C.SOURCE, C.EVENT_DATE],
             )
-            sessionized = metrics.get("numOutputRows", 0)
             info.update(events_in=events_in, events_sessionized=sessionized)
 
         with stage("sessionize: quarantine events over the daily cap") as info:
             capped_rows = select_capped_quarantine(
                 ranked.filter(F.col("day_rank") > settings.user_daily_cap), run_id=run_id, cap=settings.user_daily_cap
             )
-            metrics = tables.replace_where(
+            capped = tables.replace_where(
                 capped_rows,
                 cfg,
                 C.EVENTS_QUARANTINE,
@@ -316,7 +319,6 @@ def sessionize(
                 + _date_range_sql(C.RUN_DATE, date_from, date_to),
                 partition_by=[C.RUN_DATE],
             )
-            capped = metrics.get("numOutputRows", 0)
             info.update(events_capped=capped)
     finally:
         ranked.unpersist()
@@ -355,28 +357,34 @@ def merge_sessions(
     spark: SparkSession, cfg: Config, touched: DataFrame, *, source: str, date_from: dt.date,
     date_to: dt.date, back: int,
 ) -> int:
-    """Upsert the recomputed sessions; delete this range's sessions that no longer exist."""
+    """Upsert the recomputed sessions; delete this range's sessions that no longer exist.
+
+    Returns the number of sessions upserted.
+    """
     if not tables.exists(spark, cfg, C.SESSIONS):
-        metrics = tables.replace_where(
+        return tables.replace_where(
             touched, cfg, C.SESSIONS,
             f"source = '{source}' AND " + _date_range_sql(C.SESSION_DATE, date_from - dt.timedelta(days=back), date_to),
             partition_by=[C.SOURCE, C.SESSION_DATE],
         )
-        return metrics.get("numOutputRows", 0)
-    target = DeltaTable.forPath(spark, cfg.table_path(C.SESSIONS))
-    in_scope = (
-        f"t.source = '{source}' AND "
-        + _date_range_sql("t.session_date", date_from - dt.timedelta(days=back), date_to)
-    )
-    (
-        target.alias("t")
-        .merge(touched.alias("s"), f"{in_scope} AND t.session_id = s.session_id")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .whenNotMatchedBySourceDelete(
-            condition=f"t.source = '{source}' AND " + _date_range_sql("t.session_date", date_from, date_to)
+    touched = touched.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        upserted = touched.count()
+        target = DeltaTable.forPath(spark, cfg.table_path(C.SESSIONS))
+        in_scope = (
+            f"t.source = '{source}' AND "
+            + _date_range_sql("t.session_date", date_from - dt.timedelta(days=back), date_to)
         )
-        .execute()
-    )
-    metrics = tables.last_operation_metrics(spark, cfg, C.SESSIONS)
-    return metrics.get("numTargetRowsUpdated", 0) + metrics.get("numTargetRowsInserted", 0)
+        (
+            target.alias("t")
+            .merge(touched.alias("s"), f"{in_scope} AND t.session_id = s.session_id")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .whenNotMatchedBySourceDelete(
+                condition=f"t.source = '{source}' AND " + _date_range_sql("t.session_date", date_from, date_to)
+            )
+            .execute()
+        )
+    finally:
+        touched.unpersist()
+    return upserted

@@ -34,11 +34,12 @@ def replace_where(
     table: str,
     predicate: str,
     partition_by: Sequence[str],
-) -> dict[str, int]:
-    """Atomically replace the rows matching ``predicate`` with ``df``; return Delta's write metrics.
+) -> int:
+    """Atomically replace the rows matching ``predicate`` with ``df``; return how many rows now match.
 
     Delta checks that every written row matches ``predicate``, so a bug cannot spill into
-    another date's partition.
+    another date's partition. The returned count is read back from the committed table (Delta
+    answers it from file statistics), an independent check on what was written.
     """
     (
         df.write.format("delta")
@@ -47,17 +48,11 @@ def replace_where(
         .partitionBy(*partition_by)
         .save(cfg.table_path(table))
     )
-    return last_operation_metrics(df.sparkSession, cfg, table)
+    return read(df.sparkSession, cfg, table).filter(predicate).count()
 
 
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = ()) -> None:
     df.write.format("delta").mode("append").partitionBy(*partition_by).save(cfg.table_path(table))
-
-
-def last_operation_metrics(spark: SparkSession, cfg: Config, table: str) -> dict[str, int]:
-    row = DeltaTable.forPath(spark, cfg.table_path(table)).history(1).select("operationMetrics").first()
-    metrics = (row.operationMetrics or {}) if row else {}
-    return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}
 
 
 def register(spark: SparkSession, cfg: Config, tables: Sequence[str]) -> list[str]:

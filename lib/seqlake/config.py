@@ -169,6 +169,8 @@ def _validate(cfg: Config) -> None:
          "sessionize.max_duration_minutes: expected at most 10080 (7 days)"),
         (cfg.sessionize.user_daily_cap >= 1, "sessionize.user_daily_cap: expected an integer >= 1"),
         (cfg.generator.users >= 1, "generator.users: expected an integer >= 1"),
+        (cfg.generator.seed >= 0, "generator.seed: expected an integer >= 0"),
+        (cfg.generator.max_events >= 0, "generator.max_events: expected an integer >= 0 (0 = no cap)"),
         (cfg.generator.days > cfg.generator.label_window_days,
          "generator.days: expected more days than generator.label_window_days"),
         (cfg.generator.label_window_days >= 1, "generator.label_window_days: expected an integer >= 1"),

@@ -12,16 +12,21 @@ The world
   categories have no ``category_path`` and about 15% of items no ``brand`` (JSON null).
 * Users: 1-6 interest categories, a heavy-tailed (lognormal) session rate, propensities to
   cart, fav, remove and *revisit* carted items, and a lifetime: some join late, some churn.
-* Sessions start at diurnal hours (UTC, peak in the evening), are >= 31 minutes apart, and are
-  a chain of steps 0.5 s .. 10 min apart: views of the session's focus category dominate;
-  a viewed item may be carted or faved; an open cart item may be removed or revisited (viewed
-  again). Sessions may cross midnight and are then split across the two days' files.
+  Most sessions cluster in a few shopping missions (episodes of a day or two), the rest are
+  spread over the lifetime, so when a user was last busy varies a lot between users.
+* Sessions start at diurnal hours (UTC, peak in the evening); a session's first event comes at
+  least 31 minutes after the previous session's last; inside a session events are 0.5 s to
+  10 min apart. Views of the session's focus category dominate; a viewed item may be carted or
+  faved; an open cart may be removed or revisited (viewed again; carts older than 10 days are
+  abandoned and no longer revisited). Sessions may cross midnight and are then split across
+  the two days' files.
 
 The purchase rule (the planted signal)
 --------------------------------------
-Time is cut into *purchase periods* of ``label_window_days`` days ending at the end of the data:
-period starts are ``end - k * W`` for k = 1, 2, ... while after the first day, plus the first
-day itself (so the first period may be shorter). The last period is the label window.
+Time is cut into *purchase periods* of ``W = label_window_days`` days that end at the end of the
+data: periods start at ``end - k * W`` days for k = 1, 2, ... while that is after the start of
+the data, and at the start of the data (so the first period may be shorter). With the default
+28 days and W = 7 they start on days 0, 7, 14 and 21. The last period is the label window.
 
 At the start ``T`` of every period (label window included) the user's *intent* is computed from
 the events with ``ts < T`` only (constants in ``PurchaseRule``; times in days):
@@ -42,40 +47,53 @@ With probability ``p`` (one uniform draw) the user is a *buyer* for that period;
 and, with probability 1/2 each, other open carts of weight >= 0.05; a buyer without open carts
 views, carts and buys an item of a top interest category), non-buyers make no purchase at all.
 Checkouts end an existing session of the period or, when the user has none early enough, a
-short session of their own; they finish at least 3 hours before the period ends. Hence
+short session of their own; they finish at least 3 hours before the period ends (the manifest
+counts any checkout that could not, ``displaced_checkouts``; 0 in every run we made). Hence
 ``P(>= 1 purchase in the window | everything before the window) = p(intent at window start)``
 exactly; that is ``p_true`` in ``ground_truth.csv``, and ``label`` is whether the written data
 has a purchase by the user in the window. Carting without a later revisit counts little, a
 revisit long ago has faded, and counts of event types, favs and plain views do not enter ``p``.
-The same rule produces every purchase in the history, so it holds at every period start.
+The same rule produces every purchase in the history, so it holds at every period start; at a
+cutoff between period starts it holds only approximately (the decision was taken earlier).
+What a model should credit for a purchase: the ``cart`` of the item and, above all, later
+``view`` events of that same item (or weaker, of its category) in the last day or two.
 
 Output contract
 ---------------
 * ``part-<worker:02d>-<k:02d>.jsonl``: worker ``w`` of ``cfg.workers`` owns the contiguous user
-  range ``[n*w/W, n*(w+1)/W)``; user ``i`` goes to ``k = i % files_per_day``. A user's lines are
-  time-ordered and users appear in index order, so for a fixed config every file is
-  byte-identical run to run, and the *multiset of lines per day* does not depend on
-  ``workers`` (only how they are split over files does).
+  range ``[n*w/workers, n*(w+1)/workers)``; user ``i`` goes to ``k = i % files_per_day``. A
+  file holds its users in index order, each user's lines in time order (files are grouped by
+  user, not sorted by time). So for a fixed config every file is byte-identical run to run,
+  and the *multiset of lines per day* does not depend on ``workers`` (only how they are split
+  over files does). A run first deletes ``part-*.jsonl`` files of the days it writes.
 * Dirty records (``dirty_rate`` > 0, their own random stream, so the good events are the same
-  with or without them): after a good line, with probability ``dirty_rate``, one extra line
-  derived from it with exactly one defect (``DIRTY_KINDS``), or an exact duplicate.
-* ``max_events`` > 0: users are added in index order while the *planned* browsing steps of the
-  users so far stay below ``max_events`` (the user that crosses it is included). The plan is
-  drawn from its own stream, so the rule is cheap and worker-independent; checkouts add a few
-  percent and events after the last day are dropped, so the total lands close to the target.
+  with or without them): right after a good line, with probability ``dirty_rate``, one extra
+  line derived from it, chosen uniformly among the eight ``DIRTY_KINDS`` (exactly one defect)
+  and ``duplicate`` (an exact copy). ``missing_field`` drops or nulls one required field.
+  Counts: ``dirty_by_kind`` per kind; ``dirty_written`` counts every dirty line once too, but
+  with ``missing_field`` split per field (``missing_user_id``, ``missing_ts`` ...: the names of
+  ingest's quarantine reasons), so its values sum to the dirty lines; duplicates apart.
+* ``max_events`` > 0: users are added in index order until the *planned* browsing steps of the
+  users so far reach ``max_events`` (the user that crosses it is included). The plan is the
+  first draws of each user's stream, so counting it is cheap and worker-independent, and the
+  users kept write exactly what they would write without a cap; checkouts add a few percent
+  and events after the last day are dropped, so the total lands within a few percent above.
 """
 from __future__ import annotations
 
 import bisect
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
-import multiprocessing
-import queue
+import os
+import pickle
 import re
+import subprocess
+import sys
+import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -148,7 +166,7 @@ SESSIONS_PER_DAY_MAX = 6.0
 LATE_JOIN_SHARE = 0.25
 EARLY_CHURN_SHARE = 0.25
 EPISODE_EVERY_DAYS = 10.0
-EPISODE_SHARE = 0.0
+EPISODE_SHARE = 0.8
 EPISODE_SPREAD_DAYS = 1.0
 CART_PROPENSITY_BETA = (2.5, 25.0)  # per step after the first
 FAV_PROPENSITY_BETA = (2.0, 90.0)
@@ -161,7 +179,7 @@ STEP_GAP_LOG_MEAN = math.log(25_000.0)  # median 25 s between events
 STEP_GAP_LOG_SD = 1.0
 STEP_GAP_MIN_MS = 500
 STEP_GAP_MAX_MS = 10 * MINUTE_MS
-SESSION_SEPARATION_MS = 31 * MINUTE_MS  # a 30-minute sessionizer splits exactly where we do
+SESSION_SEPARATION_MS = 31 * MINUTE_MS  # a 30-minute-gap sessionizer finds our session starts
 REVISIT_SHARE = 0.45  # times the user's revisit propensity: chance a view revisits an open cart
 FOCUS_STAY_SHARE = 0.75  # a view stays in the session's focus category
 EXPLORE_SHARE = 0.1  # a focus switch goes to a category outside the interests
@@ -180,13 +198,13 @@ class PurchaseRule:
     """The planted purchase rule; see the module docstring. Times are in days."""
 
     item_weight: float = 1.0
-    category_weight: float = 0.3
-    cart_only_weight: float = 0.1
-    decay_days: float = 2.0
+    category_weight: float = 0.15
+    cart_only_weight: float = 0.05
+    decay_days: float = 1.0
     revisit_gap_hours: float = 1.0
-    floor: float = 0.01
+    floor: float = 0.02
     cap: float = 0.6
-    intent_scale: float = 0.8
+    intent_scale: float = 0.4
 
     def probability(self, intent: float) -> float:
         """Probability of at least one purchase in a period, given intent at its start."""
@@ -198,9 +216,13 @@ PURCHASE_RULE = PurchaseRule()
 
 @dataclass(frozen=True)
 class GenerateSummary:
+    """What ``generate`` wrote; the manifest holds the same numbers plus the config and rule."""
+
     events_written: int  # good events
-    dirty_written: dict[str, int]  # kind -> lines (duplicates not included)
-    dirty_missing_fields: dict[str, int]  # missing_<field> -> lines (split of missing_field)
+    # Dirty lines (duplicates apart) by kind, missing_field split into missing_<field>: the
+    # values sum to all dirty lines.
+    dirty_written: dict[str, int]
+    dirty_by_kind: dict[str, int]  # the same lines by DIRTY_KINDS (missing_field as one kind)
     duplicates_written: int
     users: int
     days: int
@@ -210,7 +232,8 @@ class GenerateSummary:
     label_window_end: dt.date  # inclusive
     base_rate: float
     oracle_auc: float
-    counts_baseline_auc: float
+    counts_baseline_auc: float  # in-sample logistic regression on pre-window event-type counts
+    displaced_checkouts: int  # checkouts that missed their period (0 keeps p_true exact)
     event_type_counts: dict[str, int]
     events_per_day: dict[str, int]
     elapsed_seconds: float
@@ -228,10 +251,21 @@ class Catalogue:
     item_fragments: list[str]  # '"item_id":..,"category_id":..,"category_path":..,"brand":..,"price":..'
     item_parts: list[tuple[str, str, str, str, str]]  # the five rendered values, for dirty lines
     item_category: list[int]
-    category_items: list[list[int]]
-    category_cumulative: list[list[float]]  # cumulative item popularity within the category
-    category_cumulative_popularity: list[float]  # ends at 1; flat over categories without items
-    interest_cumulative: np.ndarray  # same, flattened (power 0.7): picks user interests
+    category_items: list[list[int]]  # by category; item popularity tables below index into these
+    category_item_tables: list[list[float]]  # selection tables (see ``selection_table``)
+    category_choices: list[int]  # the categories that have items
+    category_table: list[float]  # picks from category_choices by popularity
+    interest_table: list[float]  # same, flattened (power 0.7): picks user interests
+
+
+def selection_table(weights) -> list[float]:
+    """Cumulative shares for ``bisect_right(table, uniform)`` -> index. The last entry is 2.0,
+    so a uniform in [0, 1) always lands on an entry, whatever the rounding of the sum."""
+    cumulative = list(itertools.accumulate(float(w) for w in weights))
+    total = cumulative[-1]
+    table = [value / total for value in cumulative]
+    table[-1] = 2.0
+    return table
 
 
 def build_catalogue(cfg: GeneratorConfig) -> Catalogue:
@@ -262,7 +296,7 @@ def build_catalogue(cfg: GeneratorConfig) -> Catalogue:
     seeded = min(n_items, n_categories)
     item_category[:seeded] = rng.permutation(n_categories)[:seeded]
     item_category[seeded:] = rng.choice(n_categories, size=n_items - seeded, p=size_weights / size_weights.sum())
-    popularity = 1.0 / np.arange(1, n_items + 1) ** 1.1
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8
     popularity = popularity[rng.permutation(n_items)]
 
     brand_rank = np.minimum(rng.geometric(0.35, size=n_items) - 1, 7)
@@ -274,7 +308,8 @@ def build_catalogue(cfg: GeneratorConfig) -> Catalogue:
     for item in range(n_items):
         category = int(item_category[item])
         path = category_paths[category]
-        brand = None if brand_missing[item] else brand_names[int(brands_per_category[category][brand_rank[item] % len(brands_per_category[category])])]
+        category_brands = brands_per_category[category]
+        brand = None if brand_missing[item] else brand_names[int(category_brands[brand_rank[item] % len(category_brands)])]
         values = (
             f'"i{item:0{ITEM_ID_DIGITS}d}"',
             f'"c{category:0{CATEGORY_ID_DIGITS}d}"',
@@ -291,22 +326,17 @@ def build_catalogue(cfg: GeneratorConfig) -> Catalogue:
     category_items: list[list[int]] = [[] for _ in range(n_categories)]
     for item in range(n_items):
         category_items[int(item_category[item])].append(item)
-    category_cumulative = []
-    category_popularity = np.zeros(n_categories)
-    for category, members in enumerate(category_items):
-        weights = popularity[members] if members else np.zeros(0)
-        category_cumulative.append(np.cumsum(weights).tolist())
-        category_popularity[category] = weights.sum()
-    category_popularity /= category_popularity.sum()
-    interest_popularity = category_popularity ** 0.7
+    category_choices = [category for category, members in enumerate(category_items) if members]
+    category_popularity = np.array([popularity[category_items[c]].sum() for c in category_choices])
     return Catalogue(
         item_fragments=fragments,
         item_parts=parts,
         item_category=item_category.tolist(),
         category_items=category_items,
-        category_cumulative=category_cumulative,
-        category_cumulative_popularity=np.cumsum(category_popularity).tolist(),
-        interest_cumulative=np.cumsum(interest_popularity) / interest_popularity.sum(),
+        category_item_tables=[selection_table(popularity[m]) if m else [] for m in category_items],
+        category_choices=category_choices,
+        category_table=selection_table(category_popularity),
+        interest_table=selection_table(category_popularity ** 0.7),
     )
 
 
@@ -319,7 +349,7 @@ class Timeline:
     end_ms: int
     days: int
     period_starts: tuple[int, ...]  # ascending; the last one is the label window start
-    hour_cumulative: tuple[float, ...]  # session start hour distribution (diurnal)
+    hour_table: list[float]  # selection table of session start hours (diurnal)
 
     @property
     def window_start_ms(self) -> int:
@@ -345,7 +375,7 @@ def build_timeline(cfg: GeneratorConfig) -> Timeline:
         end_ms=end_ms,
         days=cfg.days,
         period_starts=tuple([start_ms] + starts[::-1]),
-        hour_cumulative=tuple((np.cumsum(weights) / weights.sum()).tolist()),
+        hour_table=selection_table(weights),
     )
 
 
@@ -361,7 +391,7 @@ class UserPlan:
     session_starts: list[int]  # planned, ascending
     session_steps: list[int]
     interests: list[int]
-    interest_cumulative: list[float]
+    interest_table: list[float]  # selection table over interests
     cart_propensity: float
     fav_propensity: float
     remove_propensity: float
@@ -375,46 +405,50 @@ def user_random(seed: int, user_index: int) -> np.random.Generator:
 def plan_user(rng: np.random.Generator, timeline: Timeline, catalogue: Catalogue | None) -> UserPlan | int:
     """The user's traits and planned sessions, the first draws of the user's stream. With
     ``catalogue=None`` only the planned step count: the draws up to there are the same, which
-    makes the ``max_events`` rule cheap."""
+    makes the ``max_events`` rule cheap. (Plain Python over short lists: numpy's per-call cost
+    would dominate for a user with a dozen sessions.)"""
     rate = min(math.exp(rng.normal(SESSIONS_PER_DAY_LOG_MEAN, SESSIONS_PER_DAY_LOG_SD)), SESSIONS_PER_DAY_MAX)
-    lifecycle = rng.random(4)
+    joins, join_day, churns, churn_day = rng.random(4).tolist()
     first_day, last_day = 0.0, float(timeline.days)
-    if lifecycle[0] < LATE_JOIN_SHARE:
-        first_day = lifecycle[1] * timeline.days * 0.8
-    if lifecycle[2] < EARLY_CHURN_SHARE:
-        last_day = first_day + 1.0 + lifecycle[3] * (timeline.days - first_day - 1.0)
-    n_sessions = 1 + int(rng.poisson(rate * (last_day - first_day)))
-    steps = np.minimum(1 + np.floor(rng.lognormal(SESSION_STEPS_LOG_MEAN, SESSION_STEPS_LOG_SD, n_sessions)),
-                       SESSION_STEPS_MAX).astype(np.int64)
-    if catalogue is None:
-        return int(steps.sum())
-
-    # Shopping missions: part of the sessions cluster around a few episode days, the rest are
-    # spread over the user's lifetime.
+    if joins < LATE_JOIN_SHARE:
+        first_day = join_day * timeline.days * 0.8
+    if churns < EARLY_CHURN_SHARE:
+        last_day = first_day + 1.0 + churn_day * (timeline.days - first_day - 1.0)
     span = last_day - first_day
-    n_episodes = 1 + int(rng.poisson(span / EPISODE_EVERY_DAYS))
-    centres = first_day + rng.random(n_episodes) * span
-    in_episode = rng.random(n_sessions) < EPISODE_SHARE
-    episode = rng.integers(0, n_episodes, size=n_sessions)
-    spread = rng.normal(0.0, EPISODE_SPREAD_DAYS, size=n_sessions)
-    background = first_day + rng.random(n_sessions) * span
-    day_float = np.where(in_episode, centres[episode] + spread, background)
-    day = np.clip(np.floor(day_float), int(first_day), max(int(math.ceil(last_day)), int(first_day) + 1) - 1).astype(np.int64)
-    hour = np.searchsorted(timeline.hour_cumulative, rng.random(n_sessions), side="right")
-    offset_ms = ((np.minimum(hour, 23) + rng.random(n_sessions)) * HOUR_MS).astype(np.int64)
-    starts = timeline.start_ms + day * DAY_MS + offset_ms
-    order = np.argsort(starts, kind="stable")
+    n_sessions = 1 + int(rng.poisson(rate * span))
+    steps = [min(1 + int(x), SESSION_STEPS_MAX)
+             for x in rng.lognormal(SESSION_STEPS_LOG_MEAN, SESSION_STEPS_LOG_SD, n_sessions).tolist()]
+    if catalogue is None:
+        return sum(steps)
 
-    # Interests: distinct categories drawn by popularity (a few spare draws replace repeats).
+    # Shopping missions: most sessions cluster around a few episode days, the rest are spread
+    # over the user's lifetime; hours follow the diurnal curve.
+    n_episodes = 1 + int(rng.poisson(span / EPISODE_EVERY_DAYS))
+    centres = [first_day + u * span for u in rng.random(n_episodes).tolist()]
+    episodic, which, background, hour_draw, minute_draw = rng.random((5, n_sessions)).tolist()
+    spread = rng.standard_normal(n_sessions).tolist()
+    lowest, highest = int(first_day), max(int(math.ceil(last_day)), int(first_day) + 1) - 1
+    starts = []
+    for j in range(n_sessions):
+        if episodic[j] < EPISODE_SHARE:
+            day_float = centres[int(which[j] * n_episodes)] + spread[j] * EPISODE_SPREAD_DAYS
+        else:
+            day_float = first_day + background[j] * span
+        day = min(max(math.floor(day_float), lowest), highest)
+        hour = bisect.bisect_right(timeline.hour_table, hour_draw[j])
+        starts.append(timeline.start_ms + day * DAY_MS + int((hour + minute_draw[j]) * HOUR_MS))
+    order = sorted(range(n_sessions), key=starts.__getitem__)
+
+    # Interests: distinct categories drawn by popularity (spare draws replace repeats).
     wanted = 1 + min(int(rng.poisson(1.3)), 5)
-    drawn = np.searchsorted(catalogue.interest_cumulative, rng.random(4 * wanted), side="right")
-    interests = list(dict.fromkeys(min(int(c), len(catalogue.interest_cumulative) - 1) for c in drawn))[:wanted]
-    interest_weights = np.cumsum(rng.standard_exponential(len(interests)))  # Dirichlet(1, ..., 1)
+    drawn = [bisect.bisect_right(catalogue.interest_table, u) for u in rng.random(4 * wanted).tolist()]
+    interests = [catalogue.category_choices[c] for c in dict.fromkeys(drawn)][:wanted]
+    interest_weights = rng.standard_exponential(len(interests)).tolist()  # normalised: Dirichlet(1, ..., 1)
     return UserPlan(
-        session_starts=starts[order].tolist(),
-        session_steps=steps[order].tolist(),
+        session_starts=[starts[j] for j in order],
+        session_steps=[steps[j] for j in order],
         interests=interests,
-        interest_cumulative=(interest_weights / interest_weights[-1]).tolist(),
+        interest_table=selection_table(interest_weights),
         cart_propensity=float(rng.beta(*CART_PROPENSITY_BETA)),
         fav_propensity=float(rng.beta(*FAV_PROPENSITY_BETA)),
         remove_propensity=float(rng.beta(*REMOVE_PROPENSITY_BETA)),
@@ -553,7 +587,7 @@ class UserSimulation:
             return
         # No session early enough in the period: a short session of its own, at a diurnal hour.
         span_days = max(1, (latest_start - period_start) // DAY_MS)
-        hour = min(bisect.bisect_right(self.timeline.hour_cumulative, self.uniform()), 23)
+        hour = bisect.bisect_right(self.timeline.hour_table, self.uniform())
         planned = period_start + int(self.uniform() * span_days) * DAY_MS + int((hour + self.uniform()) * HOUR_MS)
         planned = min(planned, latest_start - 1)
         steps = 1 + int(self.uniform() * 3)
@@ -562,17 +596,13 @@ class UserSimulation:
 
     # ---- browsing
     def pick_item(self, category: int) -> int:
-        cumulative = self.catalogue.category_cumulative[category]
-        position = bisect.bisect_right(cumulative, self.uniform() * cumulative[-1])
-        return self.catalogue.category_items[category][min(position, len(cumulative) - 1)]
+        table = self.catalogue.category_item_tables[category]
+        return self.catalogue.category_items[category][bisect.bisect_right(table, self.uniform())]
 
     def pick_category(self) -> int:
         if self.uniform() < EXPLORE_SHARE:
-            cumulative = self.catalogue.category_cumulative_popularity
-        else:
-            cumulative = self.plan.interest_cumulative
-        position = min(bisect.bisect_right(cumulative, self.uniform() * cumulative[-1]), len(cumulative) - 1)
-        return position if cumulative is self.catalogue.category_cumulative_popularity else self.plan.interests[position]
+            return self.catalogue.category_choices[bisect.bisect_right(self.catalogue.category_table, self.uniform())]
+        return self.plan.interests[bisect.bisect_right(self.plan.interest_table, self.uniform())]
 
     def run_session(self, session_number: int, start: int, steps: int, checkouts: int, period_end: int) -> int:
         """Run one session from ``start`` (browsing, then any checkouts it hosts); returns the
@@ -586,6 +616,9 @@ class UserSimulation:
         remove_threshold = fav_threshold + plan.remove_propensity
         revisit = plan.revisit_propensity * REVISIT_SHARE
         open_carts = self.open_carts
+        item_tables = self.catalogue.category_item_tables
+        category_items = self.catalogue.category_items
+        bisect_right = bisect.bisect_right
         focus = self.pick_category()
         now = start
         last_item = -1
@@ -612,7 +645,7 @@ class UserSimulation:
                 if item < 0:
                     if step > 0 and uniform() >= FOCUS_STAY_SHARE:
                         focus = self.pick_category()
-                    item = self.pick_item(focus)
+                    item = category_items[focus][bisect_right(item_tables[focus], uniform())]  # pick_item, inlined
                 last_item = item
             elif event_type == REMOVE_FROM_CART:
                 open_items = list(open_carts)
@@ -647,7 +680,7 @@ class UserSimulation:
                 now += self.gap()
         else:
             plan = self.plan
-            shares = np.diff([0.0] + plan.interest_cumulative)
+            shares = np.diff([0.0] + plan.interest_table[:-1] + [1.0])
             item = self.pick_item(plan.interests[int(np.argmax(shares))])
             self.emit(now, VIEW, item, session_number)
             now += self.gap()
@@ -673,9 +706,10 @@ class UserSimulation:
             planned, steps, checkouts, period_end = self.schedule[self.session_cursor]
             earliest = planned if previous_end is None else max(planned, previous_end + SESSION_SEPARATION_MS)
             if earliest >= self.next_boundary:
-                # Decide the period before its first session: the decision picks hosts among
-                # the sessions not started yet, or inserts one (maybe before this one).
-                self.process_periods_until(earliest)
+                # Decide the next period before its first session, one period at a time: the
+                # decision picks hosts among the sessions not started yet, or inserts one that
+                # must run before the following period is decided.
+                self.process_periods_until(self.next_boundary)
                 continue
             self.session_cursor += 1
             start = earliest
@@ -715,7 +749,10 @@ def render_object(pairs: list[tuple[str, str]]) -> str:
     return "{" + ",".join(f'"{key}":{value}' for key, value in pairs) + "}"
 
 
-def event_pairs(user: str, ts: str, event_type: str, item_parts: tuple[str, ...], session: str) -> list[tuple[str, str]]:
+def event_pairs(
+    user: str, ts: str, event_type: str, item_parts: tuple[str, ...], session: str
+) -> list[tuple[str, str]]:
+    """The (key, rendered value) pairs of a good event, in output order."""
     item_id, category_id, category_path, brand, price = item_parts
     return [
         ("user_id", f'"{user}"'), ("ts", f'"{ts}"'), ("event_type", f'"{event_type}"'),
@@ -815,9 +852,9 @@ class DayBuffers:
             for path in day:
                 path.write_bytes(b"")
 
-    def add(self, day: int, part: int, line: str) -> None:
-        self.lines[day][part].append(line)
-        self.size += len(line)
+    def add(self, day: int, part: int, lines: list[str]) -> None:
+        self.lines[day][part].extend(lines)
+        self.size += 256 * len(lines)  # about a line's size; exact bytes do not matter here
         if self.size >= self.limit_bytes:
             self.flush()
 
@@ -879,10 +916,11 @@ def write_user_range(
         if n_events:
             stamps = np.asarray(simulated.timestamps, dtype=np.int64)
             types = np.asarray(simulated.event_types, dtype=np.int64)
-            days = ((stamps - timeline.start_ms) // DAY_MS).tolist()
+            day_array = (stamps - timeline.start_ms) // DAY_MS
+            days = day_array.tolist()
             counts[offset] = np.bincount(types[stamps < timeline.window_start_ms], minlength=len(EVENT_TYPES))
             type_counts += np.bincount(types, minlength=len(EVENT_TYPES))
-            events_per_day += np.bincount(days, minlength=cfg.days)[: cfg.days]
+            events_per_day += np.bincount(day_array, minlength=cfg.days)[: cfg.days]
             user = user_id_text(user_index)
             prefix = f'{{"user_id":"{user}","ts":"'
             session_fragments = {
@@ -893,7 +931,8 @@ def write_user_range(
             fragments = catalogue.item_fragments
             lines = [
                 f"{prefix}{ts}{type_fragments[event_type]}{fragments[item]}{session_fragments[session]}"
-                for ts, event_type, item, session in zip(texts, simulated.event_types, simulated.items, simulated.sessions)
+                for ts, event_type, item, session
+                in zip(texts, simulated.event_types, simulated.items, simulated.sessions)
             ]
             part = user_index % cfg.files_per_day
             if cfg.dirty_rate > 0:
@@ -919,14 +958,22 @@ def write_user_range(
                         dirty_counts[record.kind] += 1
                     if record.missing_field is not None:
                         missing_counts[f"missing_{record.missing_field}"] += 1
+                # Each dirty line right after its source line, in the same day file.
+                mixed_lines, mixed_days = [], []
                 for position, (day, line) in enumerate(zip(days, lines)):
-                    buffers.add(day, part, line)
+                    mixed_lines.append(line)
+                    mixed_days.append(day)
                     record = dirty_after.get(position)
                     if record is not None:
-                        buffers.add(day, part, record.line + "\n")
-            else:
-                for day, line in zip(days, lines):
-                    buffers.add(day, part, line)
+                        mixed_lines.append(record.line + "\n")
+                        mixed_days.append(day)
+                lines, days = mixed_lines, mixed_days
+            # A user's lines are in time order: hand them over one day-run at a time.
+            begin = 0
+            while begin < len(lines):
+                end = bisect.bisect_right(days, days[begin], begin)
+                buffers.add(days[begin], part, lines[begin:end])
+                begin = end
         events_done += n_events
         if report is not None and time.monotonic() - last_report >= 1.0:
             report(offset + 1, events_done)
@@ -949,17 +996,25 @@ def write_user_range(
     )
 
 
-def run_worker_process(channel, cfg: GeneratorConfig, output_dir: str, worker_index: int,
-                       user_start: int, user_stop: int) -> None:
-    """Entry point of a writer process: progress and the result (or the error) go to ``channel``."""
-    try:
-        result = write_user_range(
-            cfg, output_dir, worker_index, user_start, user_stop,
-            report=lambda users, events: channel.put(("progress", worker_index, users, events)),
-        )
-        channel.put(("done", worker_index, result, None))
-    except BaseException:  # noqa: BLE001 - the parent re-raises it with the traceback
-        channel.put(("error", worker_index, traceback.format_exc(), None))
+def run_worker_job(job_path: str) -> None:
+    """Entry point of a writer process (see ``run_workers``): reads its job, writes progress
+    and finally its ``WorkerResult`` next to the job file."""
+    with open(job_path, "rb") as handle:
+        job = pickle.load(handle)
+
+    def report(users: int, events: int) -> None:
+        write_atomically(job["progress_path"], f"{users} {events}\n".encode())
+
+    result = write_user_range(job["cfg"], job["output_dir"], job["worker_index"],
+                              job["user_start"], job["user_stop"], report)
+    write_atomically(job["result_path"], pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, path)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -1001,7 +1056,9 @@ def counts_baseline_auc(counts: np.ndarray, labels: np.ndarray, iterations: int 
 # --------------------------------------------------------------------------- entry point
 
 
-def users_within_event_budget(cfg: GeneratorConfig, timeline: Timeline) -> int:
+def users_within_event_budget(
+    cfg: GeneratorConfig, timeline: Timeline, report: Callable[[int, int], None] | None = None
+) -> int:
     """Users to generate for ``cfg.max_events``: the shortest index prefix whose planned
     browsing steps reach it (all users when it is 0 or never reached)."""
     if cfg.max_events <= 0:
@@ -1011,6 +1068,8 @@ def users_within_event_budget(cfg: GeneratorConfig, timeline: Timeline) -> int:
         total += planned_steps(cfg.seed, user_index, timeline)
         if total >= cfg.max_events:
             return user_index + 1
+        if report is not None and user_index % 10_000 == 0:
+            report(user_index, total)
     return cfg.users
 
 
@@ -1029,44 +1088,62 @@ def prepare_output(output_dir: Path, timeline: Timeline, days: int) -> None:
 def run_workers(
     cfg: GeneratorConfig, output_dir: Path, n_users: int, report: Callable[[int, int], None]
 ) -> list[WorkerResult]:
+    """Run ``cfg.workers`` writers over contiguous user ranges; in-process when there is one.
+
+    Writers are fresh interpreters (``python -c``), not multiprocessing children: fork is unsafe
+    in a process with JVM gateway threads, and spawn re-runs an unguarded ``__main__`` script."""
     ranges = [(n_users * w // cfg.workers, n_users * (w + 1) // cfg.workers) for w in range(cfg.workers)]
     if cfg.workers == 1:
         return [write_user_range(cfg, str(output_dir), 0, 0, n_users, report)]
-    # spawn, not fork: the caller may be a Spark driver with JVM gateway threads.
-    context = multiprocessing.get_context("spawn")
-    channel = context.Queue()
-    processes = [
-        context.Process(target=run_worker_process, args=(channel, cfg, str(output_dir), w, start, stop), daemon=True)
-        for w, (start, stop) in enumerate(ranges)
-    ]
-    for process in processes:
-        process.start()
-    results: dict[int, WorkerResult] = {}
-    users_done = [0] * cfg.workers
-    events_done = [0] * cfg.workers
-    try:
-        while len(results) < cfg.workers:
-            try:
-                message, worker_index, payload, _ = channel.get(timeout=1.0)
-            except queue.Empty:
-                dead = [w for w, p in enumerate(processes) if w not in results and not p.is_alive()]
-                if dead:
-                    raise RuntimeError(f"generator worker {dead[0]} exited with code "
-                                       f"{processes[dead[0]].exitcode} before finishing") from None
-                continue
-            if message == "error":
-                raise RuntimeError(f"generator worker {worker_index} failed:\n{payload}")
-            if message == "progress":
-                users_done[worker_index], events_done[worker_index] = payload, _
-                report(sum(users_done), sum(events_done))
-            else:
-                results[worker_index] = payload
-    finally:
-        for process in processes:
-            if process.is_alive() and len(results) < cfg.workers:
-                process.terminate()
-            process.join()
-    return [results[w] for w in range(cfg.workers)]
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(entry for entry in sys.path if entry)
+    command = "import sys; from seqlake.generate import run_worker_job; run_worker_job(sys.argv[1])"
+    with tempfile.TemporaryDirectory(prefix="seqlake-generate-") as scratch:
+        processes = []
+        try:
+            for worker_index, (user_start, user_stop) in enumerate(ranges):
+                base = os.path.join(scratch, f"worker-{worker_index:02d}")
+                job = {
+                    "cfg": cfg, "output_dir": str(output_dir), "worker_index": worker_index,
+                    "user_start": user_start, "user_stop": user_stop,
+                    "progress_path": base + ".progress", "result_path": base + ".result",
+                }
+                write_atomically(base + ".job", pickle.dumps(job))
+                with open(base + ".stderr", "wb") as errors:
+                    processes.append(subprocess.Popen(
+                        [sys.executable, "-c", command, base + ".job"],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, env=environment,
+                    ))
+            while True:
+                codes = [process.poll() for process in processes]
+                for worker_index, code in enumerate(codes):
+                    if code not in (None, 0):
+                        base = os.path.join(scratch, f"worker-{worker_index:02d}")
+                        with open(base + ".stderr", "rb") as errors:
+                            tail = errors.read()[-4000:].decode("utf-8", "replace")
+                        raise RuntimeError(f"generator worker {worker_index} failed (exit {code}):\n{tail}")
+                users_done = events_done = 0
+                for worker_index in range(cfg.workers):
+                    try:
+                        with open(os.path.join(scratch, f"worker-{worker_index:02d}.progress"), "rb") as handle:
+                            users, events = handle.read().split()
+                        users_done, events_done = users_done + int(users), events_done + int(events)
+                    except (FileNotFoundError, ValueError):
+                        pass
+                report(users_done, events_done)
+                if all(code == 0 for code in codes):
+                    break
+                time.sleep(0.2)
+            results = []
+            for worker_index in range(cfg.workers):
+                with open(os.path.join(scratch, f"worker-{worker_index:02d}.result"), "rb") as handle:
+                    results.append(pickle.load(handle))
+            return results
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
 
 
 def generate(
@@ -1096,7 +1173,8 @@ def generate(
             last_message[0] = now
 
     say(f"stage=plan users={cfg.users:,} days={cfg.days} workers={cfg.workers}", force=True)
-    n_users = users_within_event_budget(cfg, timeline)
+    n_users = users_within_event_budget(
+        cfg, timeline, lambda users, steps: say(f"stage=plan users={users:,} planned_steps={steps:,}"))
     prepare_output(output_dir, timeline, cfg.days)
 
     def report(users_done: int, events_done: int) -> None:
@@ -1110,8 +1188,12 @@ def generate(
     counts = np.concatenate([r.counts_before_window for r in results])
     events_per_day = sum(r.events_per_day for r in results)
     type_counts = sum(r.event_type_counts for r in results)
-    dirty = {kind: sum(r.dirty_counts[kind] for r in results) for kind in DIRTY_KINDS}
-    missing = {name: sum(r.missing_field_counts[name] for r in results) for name in results[0].missing_field_counts}
+    by_kind = {kind: sum(r.dirty_counts[kind] for r in results) for kind in DIRTY_KINDS}
+    missing = {f"missing_{name}": sum(r.missing_field_counts[f"missing_{name}"] for r in results)
+               for name in MISSING_FIELDS}
+    dirty: dict[str, int] = {}
+    for kind, count in by_kind.items():
+        dirty.update(missing if kind == "missing_field" else {kind: count})
     duplicates = sum(r.duplicates for r in results)
     displaced = sum(r.displaced_checkouts for r in results)
     events = int(type_counts.sum())
@@ -1147,7 +1229,7 @@ def generate(
         "events_per_day": per_day,
         "event_type_counts": type_totals,
         "dirty_written": dirty,
-        "dirty_missing_fields": missing,
+        "dirty_by_kind": by_kind,
         "duplicates_written": duplicates,
         "base_rate": base_rate,
         "oracle_auc": oracle,
@@ -1157,6 +1239,8 @@ def generate(
         "max_events_rule": "users in index order until their planned browsing steps reach max_events",
     }
     manifest_path = truth_dir / "manifest.json"
+    manifest = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
+                for key, value in manifest.items()}  # no NaN in JSON (one-class labels)
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     elapsed = time.monotonic() - started
@@ -1165,7 +1249,7 @@ def generate(
     return GenerateSummary(
         events_written=events,
         dirty_written=dirty,
-        dirty_missing_fields=missing,
+        dirty_by_kind=by_kind,
         duplicates_written=duplicates,
         users=n_users,
         days=cfg.days,
@@ -1176,6 +1260,7 @@ def generate(
         base_rate=base_rate,
         oracle_auc=oracle,
         counts_baseline_auc=baseline,
+        displaced_checkouts=displaced,
         event_type_counts=type_totals,
         events_per_day=per_day,
         elapsed_seconds=elapsed,

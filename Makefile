@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+SEQLAKE := $(BIN)/seqlake
+# The demo's days follow generator.start_date / generator.days in conf/local.yaml.
+DEMO_FROM ?= 2024-01-01
+DEMO_TO ?= 2024-01-28
+DEMO_LAST_DAY ?= 2024-01-28
+
+.PHONY: setup demo demo-real test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+# Recreated when the dependency list changes. setuptools < 70: petastorm needs it (STACK.md).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip "setuptools<70" wheel
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(SEQLAKE) generate
+	$(SEQLAKE) ingest --from $(DEMO_FROM) --to $(DEMO_TO)
+	$(SEQLAKE) sessionize --from $(DEMO_FROM) --to $(DEMO_TO)
+	@echo "== nightly rerun of the last day (idempotent: changes nothing)"
+	$(SEQLAKE) ingest --date $(DEMO_LAST_DAY)
+	$(SEQLAKE) sessionize --date $(DEMO_LAST_DAY)
+	$(SEQLAKE) sql "SELECT source, count(*) AS sessions, sum(n_events) AS events, round(avg(duration_seconds)/60, 1) AS avg_minutes, sum(CAST(has_purchase AS INT)) AS purchasing_sessions FROM sessions GROUP BY source"
+	@echo
+	@echo "Lake tables (Delta): $(CURDIR)/lake/{events,events_quarantine,ingest_runs,sessions,session_events,sessionize_runs}"
+	@echo "Query them:          $(SEQLAKE) sql \"SELECT * FROM seqlake.sessions LIMIT 10\""
+
+# The two real public samples in ../shared/data, through their source configs.
+demo-real: setup
+	$(SEQLAKE) ingest --source rees46 --input ../shared/data/rees46_sample/events.csv --date 2019-10-01
+	$(SEQLAKE) sessionize --source rees46 --date 2019-10-01 --compare-source-sessions
+	$(SEQLAKE) ingest --source taobao --input ../shared/data/taobao_sample/UserBehavior.csv --from 2017-11-24 --to 2017-12-03
+	$(SEQLAKE) sessionize --source taobao --from 2017-11-24 --to 2017-12-03
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/bench_ingest_sessionize.py
+
+clean:
+	rm -rf lake spark-warehouse metastore_db derby.log

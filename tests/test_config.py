@@ -118,3 +118,12 @@ def test_cli_rejects_bad_input_before_spark(tmp_path):
         assert message in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "lake").exists()
+
+
+def test_job_entry_points_accept_global_options_anywhere(monkeypatch):
+    import seqlake.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.run_job("ingest", ["--date", "2024-01-02", "--conf", "c.yaml", "-v", "--set", "a.b=1"]) == 0
+    assert seen == [["--conf", "c.yaml", "-v", "--set", "a.b=1", "ingest", "--date", "2024-01-02"]]

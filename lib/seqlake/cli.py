@@ -229,5 +229,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def run_job(command: str, argv: Sequence[str]) -> int:
+    """Entry for ``jobs/<command>.py`` under spark-submit: ``--conf``, ``--set`` and ``-v`` may
+    stand anywhere among the command's own arguments (``--date`` ...)."""
+    global_args: list[str] = []
+    command_args: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ("--conf", "--set"):
+            global_args += argv[i : i + 2]
+            i += 2
+        else:
+            (global_args if argv[i] in ("-v", "--verbose") else command_args).append(argv[i])
+            i += 1
+    return main([*global_args, command, *command_args])
+
+
 if __name__ == "__main__":
     sys.exit(main())

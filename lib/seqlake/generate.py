@@ -101,8 +101,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 from seqlake.config import GeneratorConfig
+from seqlake.constants import EVENT_TYPES, REQUIRED_FIELDS
 
-EVENT_TYPES = ("view", "cart", "remove_from_cart", "fav", "purchase")
 VIEW, CART, REMOVE_FROM_CART, FAV, PURCHASE = range(5)
 
 DIRTY_KINDS = (
@@ -117,7 +117,7 @@ DIRTY_KINDS = (
 )
 DUPLICATE = "duplicate"
 # Fields a ``missing_field`` record drops (or sets to null); counted as ``missing_<field>``.
-MISSING_FIELDS = ("user_id", "ts", "event_type", "item_id", "category_id")
+MISSING_FIELDS = REQUIRED_FIELDS
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

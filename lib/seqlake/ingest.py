@@ -25,12 +25,11 @@ from typing import Sequence
 
 import pyspark.sql.functions as F
 import pyspark.sql.types as T
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 
 from seqlake import constants as C
 from seqlake import schemas, tables
-from seqlake.config import Config, ConfigError
+from seqlake.config import Config, ConfigError, join_path
 from seqlake.progress import log, stage
 from seqlake.sources import SourceSpec
 
@@ -75,9 +74,10 @@ class IngestResult:
 # --------------------------------------------------------------------------- transformations
 
 
-def read_raw_lines(spark: SparkSession, paths: Sequence[str]) -> DataFrame:
-    """One row per line of ``paths``: raw_record, source_file. Invalid UTF-8 becomes U+FFFD."""
-    return spark.read.text(list(paths)).select(
+def read_raw_lines(spark: SparkSession, paths: Sequence[str], file_glob: str = "*") -> DataFrame:
+    """One row per line of the files under ``paths`` whose names match ``file_glob``:
+    raw_record, source_file. Invalid UTF-8 becomes U+FFFD."""
+    return spark.read.option("pathGlobFilter", file_glob).text(list(paths)).select(
         F.col("value").alias("raw_record"), F.col("_metadata.file_path").alias("source_file")
     )
 
@@ -162,13 +162,16 @@ def with_quarantine_reason(
     order of ``constants`` (malformed, encoding, size, nesting, missing, timestamp, window,
     event type, price)."""
     mapped = [f for f in C.CANONICAL_FIELDS if f in spec.fields]
-    lengths = {f: F.length(F.col(f"_s_{f}")) for f in mapped}
+    # Sizes in bytes (octet_length is O(1) on Spark strings; length() scans for characters).
+    lengths = {f: F.octet_length(F.col(f"_s_{f}")) for f in mapped}
     oversized = F.coalesce(*[F.when(lengths[f] > max_field_chars, F.lit(f)) for f in mapped])
     nested = F.coalesce(
-        *[F.when(F.substring(F.col(f"_s_{f}"), 1, 1).isin("{", "["), F.lit(f)) for f in C.REQUIRED_FIELDS]
+        *[F.when(F.col(f"_s_{f}").startswith("{") | F.col(f"_s_{f}").startswith("["), F.lit(f))
+          for f in C.REQUIRED_FIELDS]
     )
     missing = F.coalesce(*[F.when(F.col(f"_s_{f}").isNull(), F.lit(f)) for f in C.REQUIRED_FIELDS])
-    malformed = F.col("_raw._corrupt_record").isNotNull() | (F.trim("raw_record") == "")
+    blank = (F.octet_length("raw_record") < 8) & (F.trim("raw_record") == "")
+    malformed = F.col("_raw._corrupt_record").isNotNull() | blank
     raw_price = F.col("_s_price")
 
     def excerpt(column: Column) -> Column:
@@ -176,11 +179,12 @@ def with_quarantine_reason(
 
     checks: list[tuple[Column, Column, Column]] = [
         (malformed, F.lit(C.MALFORMED_RECORD), F.lit(f"not a valid {spec.format} record")),
-        (F.instr("raw_record", "\ufffd") > 0, F.lit(C.BAD_ENCODING), F.lit("invalid UTF-8 bytes")),
-        (F.length("raw_record") > max_record_chars, F.lit(C.OVERSIZED_RECORD),
-         F.concat(F.lit("record of "), F.length("raw_record").cast("string"), F.lit(f" chars > {max_record_chars}"))),
+        (F.col("raw_record").contains("\ufffd"), F.lit(C.BAD_ENCODING), F.lit("invalid UTF-8 bytes")),
+        (F.octet_length("raw_record") > max_record_chars, F.lit(C.OVERSIZED_RECORD),
+         F.concat(F.lit("record of "), F.octet_length("raw_record").cast("string"),
+                  F.lit(f" bytes > {max_record_chars}"))),
         (oversized.isNotNull(), F.lit(C.OVERSIZED_FIELD),
-         F.concat(oversized, F.lit(f" longer than {max_field_chars} chars"))),
+         F.concat(oversized, F.lit(f" longer than {max_field_chars} bytes"))),
         (nested.isNotNull(), F.lit(C.NESTED_VALUE), F.concat(nested, F.lit(" holds an object or array"))),
         (missing.isNotNull(), F.concat(F.lit(C.MISSING_PREFIX), missing), F.concat(missing, F.lit(" is missing"))),
         (F.col("ts").isNull(), F.lit(C.BAD_TIMESTAMP),
@@ -195,12 +199,14 @@ def with_quarantine_reason(
          F.concat(F.lit("price is not a number: "), excerpt(raw_price))),
         (F.col("price") < 0, F.lit(C.NEGATIVE_PRICE), F.concat(F.lit("price "), raw_price)),
     ]
-    reason = F.lit(None).cast("string")
-    detail = F.lit(None).cast("string")
-    for condition, code, text in reversed(checks):  # earlier checks win
-        reason = F.when(condition, code).otherwise(reason)
-        detail = F.when(condition, text).otherwise(detail)
-    return df.withColumn("reason", reason).withColumn("detail", detail)
+    # A flat coalesce of guarded codes (first match wins) stays small enough for Spark's code
+    # generation; a nested CASE chain of this size falls back to interpretation.
+    reason = F.coalesce(*[F.when(condition, code) for condition, code, _ in checks])
+    detail = F.coalesce(*[F.when(condition, text) for condition, _, text in checks])
+    # The detail is evaluated for quarantined rows only (most rows are valid).
+    return df.withColumn("reason", reason).withColumn(
+        "detail", F.when(F.col("reason").isNotNull(), detail)
+    )
 
 
 def hmac_sha256_hex(value: Column, key: bytes) -> Column:
@@ -242,13 +248,17 @@ def with_pseudonymised_user(df: DataFrame, *, key: bytes | None, spec: SourceSpe
         F.lit(">"),
     )
     can_rebuild = F.col("_raw._corrupt_record").isNull() & F.col("_s_user_id").isNotNull()
-    return df.withColumn("raw_record", F.when(can_rebuild, rebuilt).otherwise(redacted)).withColumn(
+    quarantined = F.col("reason").isNotNull()  # valid rows do not keep their raw record
+    return df.withColumn(
+        "raw_record", F.when(quarantined, F.when(can_rebuild, rebuilt).otherwise(redacted))
+    ).withColumn(
         "_s_user_id", F.when(F.col("_s_user_id").isNotNull(), pseudonym)
     )
 
 
 def with_event_id(df: DataFrame) -> DataFrame:
-    """Deterministic ``event_id``: 128 bits of SHA-256 over the canonical fields and source.
+    """Deterministic ``event_id`` for valid rows (null for quarantined ones): 128 bits of
+    SHA-256 over the canonical fields and source.
 
     Two rows with the same canonical content are the same event (exact duplicates).
     """
@@ -265,7 +275,7 @@ def with_event_id(df: DataFrame) -> DataFrame:
         F.col("source_session_id"),
     ]
     text = F.concat_ws(_SEP, *[F.coalesce(p, F.lit(_NULL)) for p in parts])
-    return df.withColumn("event_id", F.substring(F.sha2(text, 256), 1, 32))
+    return df.withColumn("event_id", F.when(F.col("reason").isNull(), F.substring(F.sha2(text, 256), 1, 32)))
 
 
 def classify(
@@ -292,30 +302,46 @@ def classify(
             max_record_chars=max_record_chars,
         )
         .transform(with_pseudonymised_user, key=pseudonym_key, spec=spec)
-        .withColumn("user_id", F.col("_s_user_id"))
-        .withColumn("source", F.lit(spec.name))
+        .transform(select_classified, source=spec.name)
+        .transform(with_event_id)
+    )
+
+
+def select_classified(df: DataFrame, *, source: str) -> DataFrame:
+    """The narrow result of ``classify``: typed canonical fields, reason and detail, and the raw
+    record and file for quarantined rows only (keeping them for valid rows would only cost)."""
+    quarantined = F.col("reason").isNotNull()
+    return df.select(
+        "reason",
+        "detail",
+        F.when(quarantined, F.col("raw_record")).alias("raw_record"),
+        F.when(quarantined, F.col("source_file")).alias("source_file"),
+        F.col("_s_user_id").alias("user_id"),
+        "ts",
+        "event_type",
+        *[F.col(f"_s_{name}").alias(name) for name in ("item_id", "category_id", "category_path", "brand")],
+        "price",
+        F.col("_s_source_session_id").alias("source_session_id"),
+        F.lit(source).alias("source"),
+        "event_date",
     )
 
 
 def select_events(classified: DataFrame) -> DataFrame:
     """Valid rows in the ``events`` schema (duplicates still present)."""
-    renamed = classified.filter(F.col("reason").isNull())
-    for name in ("item_id", "category_id", "category_path", "brand", "source_session_id"):
-        renamed = renamed.withColumn(name, F.col(f"_s_{name}"))
-    return renamed.transform(with_event_id).select(*[f.name for f in schemas.EVENTS.fields])
+    return classified.filter(F.col("reason").isNull()).select(*[f.name for f in schemas.EVENTS.fields])
 
 
 def filter_exact_duplicates(events: DataFrame, *, partitions: int) -> DataFrame:
-    """One row per (user_id, event_id) with ``_copies``: how many input rows carried it.
+    """Keep one of each set of identical events.
 
-    Hash-partitioned by user_id and sorted by (user_id, ts) so the written files are clustered
-    by user, which later per-user stages and analysts' user filters profit from.
+    Hash-partitioned by user_id (which also satisfies the all-column grouping of the
+    de-duplication, so there is one shuffle) and sorted by (user_id, ts, event_id), so the
+    written files are clustered by user for later per-user stages and analysts' user filters.
     """
-    value_cols = [f.name for f in schemas.EVENTS.fields if f.name not in (C.USER_ID, C.EVENT_ID)]
     return (
         events.repartition(partitions, C.USER_ID)
-        .groupBy(C.USER_ID, C.EVENT_ID)
-        .agg(*[F.first(c).alias(c) for c in value_cols], F.count(F.lit(1)).alias("_copies"))
+        .dropDuplicates()
         .sortWithinPartitions(C.USER_ID, C.TS, C.EVENT_ID)
     )
 
@@ -354,7 +380,7 @@ def resolve_inputs(spark: SparkSession, cfg: Config, spec: SourceSpec, window_st
     for folder in paths:
         path = jvm.org.apache.hadoop.fs.Path(folder)
         if path.getFileSystem(hadoop_conf).exists(path):
-            found.append(f"{folder}/{spec.file_glob}")
+            found.append(folder)
         else:
             raise FileNotFoundError(
                 f"no landing data for source {spec.name!r} at {folder} "
@@ -383,14 +409,19 @@ def ingest(
 
     with stage("ingest: read and classify") as info:
         classified = classify(
-            read_raw_lines(spark, inputs),
+            read_raw_lines(spark, inputs, spec.file_glob if input_path is None else "*"),
             spec=spec,
             window_start=window_start,
             window_end=window_end,
             max_field_chars=cfg.ingest.max_field_chars,
             max_record_chars=cfg.ingest.max_record_chars,
             pseudonym_key=key,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        # Materialise the narrow classification once as staging Parquet (cheaper to build than
+        # Spark's columnar cache); the counts, the quarantine and the events all read it.
+        staging = join_path(cfg.lake.root, "_staging", run_id)
+        classified.write.mode("overwrite").parquet(staging)
+        classified = spark.read.parquet(staging)
         counts = {
             (r["reason"] or ""): r["n"]
             for r in classified.groupBy("reason").agg(F.count(F.lit(1)).alias("n")).collect()
@@ -398,7 +429,12 @@ def ingest(
         rows_read = sum(counts.values())
         by_reason = {k: v for k, v in sorted(counts.items()) if k}
         rows_quarantined = sum(by_reason.values())
-        info.update(rows_read=rows_read, quarantined=rows_quarantined)
+        # Counted independently of the write below, which must then hold exactly this many.
+        distinct_events = (
+            classified.filter(F.col("reason").isNull()).select(F.countDistinct(C.EVENT_ID)).first()[0]
+        )
+        duplicates = rows_read - rows_quarantined - distinct_events
+        info.update(rows_read=rows_read, quarantined=rows_quarantined, duplicates=duplicates)
 
     where_window = (
         f"source = '{spec.name}' AND event_date >= '{window_start}' AND event_date <= '{window_end}'"
@@ -410,9 +446,15 @@ def ingest(
     try:
         with stage("ingest: write quarantine") as info:
             quarantine = select_quarantine(classified, run_id=run_id, run_date=window_start)
-            quarantine_written = tables.replace_where(
-                quarantine, cfg, C.EVENTS_QUARANTINE, where_quarantine, partition_by=[C.RUN_DATE]
+            # Nothing to add and nothing to clear: skip a commit (but create the table once).
+            stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or (
+                tables.read(spark, cfg, C.EVENTS_QUARANTINE).filter(where_quarantine).limit(1).count()
             )
+            quarantine_written = 0
+            if rows_quarantined or stale:
+                quarantine_written = tables.replace_where(
+                    quarantine, cfg, C.EVENTS_QUARANTINE, where_quarantine, partition_by=[C.RUN_DATE]
+                )
             info.update(rows=quarantine_written)
         if quarantine_written != rows_quarantined:
             raise RuntimeError(
@@ -436,30 +478,33 @@ def ingest(
             raise QuarantineThresholdExceeded(message)
 
         with stage("ingest: deduplicate and write events") as info:
-            deduped = filter_exact_duplicates(
-                select_events(classified), partitions=cfg.ingest.files_per_day
-            ).persist(StorageLevel.MEMORY_AND_DISK)
-            duplicates = deduped.agg(F.sum(F.col("_copies") - 1).alias("d")).first()["d"] or 0
             rows_written = tables.replace_where(
-                deduped.drop("_copies"), cfg, C.EVENTS, where_window, partition_by=[C.SOURCE, C.EVENT_DATE]
+                filter_exact_duplicates(select_events(classified), partitions=cfg.ingest.files_per_day),
+                cfg, C.EVENTS, where_window, partition_by=[C.SOURCE, C.EVENT_DATE],
             )
-            deduped.unpersist()
-            info.update(rows=rows_written, duplicates=duplicates)
+            info.update(rows=rows_written)
     finally:
-        classified.unpersist()
+        _delete_path(spark, staging)
 
     result = IngestResult(run_id, spec.name, window_start, window_end, rows_read, rows_written,
                           rows_quarantined, duplicates, 0, by_reason, "ok", "")
     if not result.balanced:
         message = (
             f"row accounting does not balance: read {rows_read} != written {rows_written} + "
-            f"quarantined {rows_quarantined} + duplicates {duplicates}"
+            f"quarantined {rows_quarantined} + duplicates {duplicates} ({distinct_events} distinct "
+            f"valid events were counted before the write)"
         )
         result = dataclasses.replace(result, status="failed", message=message)
         _record_run(spark, cfg, result, inputs, started_at)
         raise RuntimeError(message)
     _record_run(spark, cfg, result, inputs, started_at)
     return result
+
+
+def _delete_path(spark: SparkSession, path: str) -> None:
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
+    hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hadoop_path, True)
 
 
 def _record_run(spark: SparkSession, cfg: Config, result: IngestResult, inputs: list[str],

@@ -28,8 +28,7 @@ import uuid
 
 import pyspark.sql.functions as F
 from delta.tables import DeltaTable
-from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, Observation, SparkSession, Window
 
 from seqlake import constants as C
 from seqlake import schemas, tables
@@ -110,7 +109,9 @@ def with_session_assignment(
     """
     gap_us = gap_minutes * _MICROS_PER_MINUTE
     max_us = max_duration_minutes * _MICROS_PER_MINUTE
-    by_user = Window.partitionBy(C.USER_ID).orderBy(C.TS, C.EVENT_ID)
+    # event_date leads the order (it follows ts, so the order is the same) so that this window
+    # and with_day_rank's need one and the same sort.
+    by_user = Window.partitionBy(C.USER_ID).orderBy(C.EVENT_DATE, C.TS, C.EVENT_ID)
     so_far = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     previous_ts = F.coalesce(F.lag(C.TS).over(by_user), F.col("tail_end"))
     gap_break = previous_ts.isNull() | ((F.unix_micros(C.TS) - F.unix_micros(previous_ts)) > gap_us)
@@ -141,25 +142,34 @@ def with_session_assignment(
             ),
         )
     )
-    by_session = Window.partitionBy(C.USER_ID, C.SESSION_ID).orderBy(C.TS, C.EVENT_ID)
     previous_session = F.coalesce(F.lag(C.SESSION_ID).over(by_user), F.col("tail_session_id"))
-    continued = F.when(F.col(C.SESSION_ID) == F.col("tail_session_id"), F.col("tail_n_events")).otherwise(0)
+    # Position in the session from running row numbers over the same window (no second sort):
+    # the events before the first session start of the run continue the tail's session.
+    start_position = F.max(F.when(F.col("is_session_start"), F.col("_position"))).over(so_far)
+    session_seq = F.when(start_position.isNull(), F.col("tail_n_events") + F.col("_position")).otherwise(
+        F.col("_position") - start_position + 1
+    )
     return (
         with_activity.withColumn(
             "is_session_start", previous_session.isNull() | (previous_session != F.col(C.SESSION_ID))
         )
-        .withColumn("session_seq", (F.row_number().over(by_session) + continued).cast("int"))
+        .withColumn("_position", F.row_number().over(by_user))
+        .withColumn("session_seq", session_seq.cast("int"))
         .select(*[f.name for f in schemas.SESSION_EVENTS.fields])
     )
 
 
-def sessions_from_events(session_events: DataFrame) -> DataFrame:
-    """One row per session, aggregated from all its events (schema ``schemas.SESSIONS``)."""
+def sessions_from_events(session_events: DataFrame, *, touching: tuple[dt.date, dt.date] | None = None) -> DataFrame:
+    """One row per session, aggregated from all its events (schema ``schemas.SESSIONS``).
+
+    With ``touching=(first, last)``, only sessions with at least one event on those days.
+    """
     counts = [
         F.sum(F.when(F.col(C.EVENT_TYPE) == t, 1).otherwise(0)).cast("long").alias(f"n_{t}")
         for t in C.EVENT_TYPES
     ]
     revenue = F.sum(F.when(F.col(C.EVENT_TYPE) == "purchase", F.coalesce(F.col("price"), F.lit(0.0))))
+    first, last = touching or (dt.date.min, dt.date.max)
     return (
         session_events.groupBy(C.SOURCE, C.USER_ID, C.SESSION_ID)
         .agg(
@@ -168,9 +178,11 @@ def sessions_from_events(session_events: DataFrame) -> DataFrame:
             F.min("activity_start").alias("activity_start"),
             F.count(F.lit(1)).alias("n_events"),
             *counts,
-            F.countDistinct("item_id").alias("distinct_items"),
+            F.size(F.collect_set("item_id")).cast("long").alias("distinct_items"),
             F.coalesce(revenue, F.lit(0.0)).alias("revenue"),
+            F.max(F.col(C.EVENT_DATE).between(F.lit(first), F.lit(last))).alias("_touches"),
         )
+        .filter(F.col("_touches"))
         .withColumn("has_purchase", F.col("n_purchase") > 0)
         .withColumn(
             "duration_seconds",
@@ -273,55 +285,54 @@ def sessionize(
     check_previous_day(spark, cfg, source, date_from - dt.timedelta(days=1))
     log.info("[sessionize] run %s source=%s days=%s..%s", run_id, source, date_from, date_to)
 
-    events = tables.read(spark, cfg, C.EVENTS, schemas.EVENTS).filter(
-        (F.col(C.SOURCE) == source) & F.col(C.EVENT_DATE).between(F.lit(date_from), F.lit(date_to))
-    )
-    ranked = (
-        events.repartition(cfg.spark.shuffle_partitions, C.USER_ID)
-        .transform(with_day_rank)
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    try:
-        with stage("sessionize: assign sessions") as info:
-            events_in = ranked.count()
-            gap_days = math.ceil(settings.gap_minutes / (24 * 60))
-            previous = tables.read(spark, cfg, C.SESSION_EVENTS, schemas.SESSION_EVENTS).filter(
-                (F.col(C.SOURCE) == source)
-                & F.col(C.EVENT_DATE).between(
-                    F.lit(date_from - dt.timedelta(days=gap_days)), F.lit(date_from - dt.timedelta(days=1))
-                )
+    in_days = (F.col(C.SOURCE) == source) & F.col(C.EVENT_DATE).between(F.lit(date_from), F.lit(date_to))
+    events = tables.read(spark, cfg, C.EVENTS, schemas.EVENTS).filter(in_days)
+    # Counted from the table itself, independently of the writes it must balance.
+    events_in = events.count()
+    ranked = events.repartition(cfg.spark.shuffle_partitions, C.USER_ID).transform(with_day_rank)
+    cap = settings.user_daily_cap
+    over_cap = Observation("over_cap")
+    with stage("sessionize: assign sessions") as info:
+        gap_days = math.ceil(settings.gap_minutes / (24 * 60))
+        previous = tables.read(spark, cfg, C.SESSION_EVENTS, schemas.SESSION_EVENTS).filter(
+            (F.col(C.SOURCE) == source)
+            & F.col(C.EVENT_DATE).between(
+                F.lit(date_from - dt.timedelta(days=gap_days)), F.lit(date_from - dt.timedelta(days=1))
             )
-            tail = open_session_tail(previous, day=date_from, gap_minutes=settings.gap_minutes)
-            assigned = with_session_assignment(
-                ranked.filter(F.col("day_rank") <= settings.user_daily_cap),
-                tail,
-                gap_minutes=settings.gap_minutes,
-                max_duration_minutes=settings.max_duration_minutes,
-            )
-            sessionized = tables.replace_where(
-                assigned,
-                cfg,
-                C.SESSION_EVENTS,
-                f"source = '{source}' AND " + _date_range_sql(C.EVENT_DATE, date_from, date_to),
-                partition_by=[C.SOURCE, C.EVENT_DATE],
-            )
-            info.update(events_in=events_in, events_sessionized=sessionized)
+        )
+        tail = open_session_tail(previous, day=date_from, gap_minutes=settings.gap_minutes)
+        assigned = with_session_assignment(
+            ranked.observe(over_cap, F.sum(F.when(F.col("day_rank") > cap, 1).otherwise(0)).alias("n"))
+            .filter(F.col("day_rank") <= cap),
+            tail,
+            gap_minutes=settings.gap_minutes,
+            max_duration_minutes=settings.max_duration_minutes,
+        )
+        sessionized = tables.replace_where(
+            assigned,
+            cfg,
+            C.SESSION_EVENTS,
+            f"source = '{source}' AND " + _date_range_sql(C.EVENT_DATE, date_from, date_to),
+            partition_by=[C.SOURCE, C.EVENT_DATE],
+        )
+        info.update(events_in=events_in, events_sessionized=sessionized)
 
-        with stage("sessionize: quarantine events over the daily cap") as info:
-            capped_rows = select_capped_quarantine(
-                ranked.filter(F.col("day_rank") > settings.user_daily_cap), run_id=run_id, cap=settings.user_daily_cap
-            )
+    with stage("sessionize: quarantine events over the daily cap") as info:
+        where_capped = (
+            f"stage = '{C.STAGE_SESSIONIZE}' AND source = '{source}' AND "
+            + _date_range_sql(C.RUN_DATE, date_from, date_to)
+        )
+        stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or (
+            tables.read(spark, cfg, C.EVENTS_QUARANTINE).filter(where_capped).limit(1).count()
+        )
+        capped = 0
+        # Recomputing the ranking is paid only on days that have bots (or had them before).
+        if (over_cap.get.get("n") or 0) or stale:
             capped = tables.replace_where(
-                capped_rows,
-                cfg,
-                C.EVENTS_QUARANTINE,
-                f"stage = '{C.STAGE_SESSIONIZE}' AND source = '{source}' AND "
-                + _date_range_sql(C.RUN_DATE, date_from, date_to),
-                partition_by=[C.RUN_DATE],
+                select_capped_quarantine(ranked.filter(F.col("day_rank") > cap), run_id=run_id, cap=cap),
+                cfg, C.EVENTS_QUARANTINE, where_capped, partition_by=[C.RUN_DATE],
             )
-            info.update(events_capped=capped)
-    finally:
-        ranked.unpersist()
+        info.update(events_capped=capped)
 
     with stage("sessionize: merge sessions") as info:
         touched = (
@@ -332,10 +343,7 @@ def sessionize(
                     F.lit(date_from - dt.timedelta(days=back)), F.lit(date_to + dt.timedelta(days=back))
                 )
             )
-            .withColumn("_in_run", F.col(C.EVENT_DATE).between(F.lit(date_from), F.lit(date_to)))
-            .withColumn("_touched", F.max("_in_run").over(Window.partitionBy(C.SESSION_ID)))
-            .filter(F.col("_touched"))
-            .transform(sessions_from_events)
+            .transform(sessions_from_events, touching=(date_from, date_to))
         )
         sessions_touched = merge_sessions(spark, cfg, touched, source=source, date_from=date_from,
                                           date_to=date_to, back=back)
@@ -367,7 +375,7 @@ def merge_sessions(
             f"source = '{source}' AND " + _date_range_sql(C.SESSION_DATE, date_from - dt.timedelta(days=back), date_to),
             partition_by=[C.SOURCE, C.SESSION_DATE],
         )
-    touched = touched.persist(StorageLevel.MEMORY_AND_DISK)
+    touched = touched.persist()
     try:
         upserted = touched.count()
         target = DeltaTable.forPath(spark, cfg.table_path(C.SESSIONS))

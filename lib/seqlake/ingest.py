@@ -25,7 +25,7 @@ from typing import Sequence
 
 import pyspark.sql.functions as F
 import pyspark.sql.types as T
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 
 from seqlake import constants as C
 from seqlake import schemas, tables
@@ -332,17 +332,17 @@ def select_events(classified: DataFrame) -> DataFrame:
     return classified.filter(F.col("reason").isNull()).select(*[f.name for f in schemas.EVENTS.fields])
 
 
-def filter_exact_duplicates(events: DataFrame, *, partitions: int) -> DataFrame:
-    """Keep one of each set of identical events.
+def with_duplicate_flag(events: DataFrame, *, partitions: int) -> DataFrame:
+    """Add ``is_duplicate``: true for every copy of an event after its first.
 
-    Hash-partitioned by user_id (which also satisfies the all-column grouping of the
-    de-duplication, so there is one shuffle) and sorted by (user_id, ts, event_id), so the
-    written files are clustered by user for later per-user stages and analysts' user filters.
+    Hash-partitioned by user_id and ordered by (user_id, ts, event_id): copies of an event are
+    then adjacent, so one sort serves both the de-duplication and the written files'
+    clustering by user (which later per-user stages and analysts' user filters profit from).
     """
+    by_user = Window.partitionBy(C.USER_ID).orderBy(C.TS, C.EVENT_ID)
     return (
         events.repartition(partitions, C.USER_ID)
-        .dropDuplicates()
-        .sortWithinPartitions(C.USER_ID, C.TS, C.EVENT_ID)
+        .withColumn("is_duplicate", F.coalesce(F.lag(C.EVENT_ID).over(by_user) == F.col(C.EVENT_ID), F.lit(False)))
     )
 
 
@@ -429,12 +429,7 @@ def ingest(
         rows_read = sum(counts.values())
         by_reason = {k: v for k, v in sorted(counts.items()) if k}
         rows_quarantined = sum(by_reason.values())
-        # Counted independently of the write below, which must then hold exactly this many.
-        distinct_events = (
-            classified.filter(F.col("reason").isNull()).select(F.countDistinct(C.EVENT_ID)).first()[0]
-        )
-        duplicates = rows_read - rows_quarantined - distinct_events
-        info.update(rows_read=rows_read, quarantined=rows_quarantined, duplicates=duplicates)
+        info.update(rows_read=rows_read, quarantined=rows_quarantined)
 
     where_window = (
         f"source = '{spec.name}' AND event_date >= '{window_start}' AND event_date <= '{window_end}'"
@@ -478,11 +473,18 @@ def ingest(
             raise QuarantineThresholdExceeded(message)
 
         with stage("ingest: deduplicate and write events") as info:
+            # Copies are counted while the write runs, independently of the rows it commits
+            # (read back from the table): the balance below compares the two.
+            copies = Observation("duplicates")
+            flagged = with_duplicate_flag(select_events(classified), partitions=cfg.ingest.files_per_day)
             rows_written = tables.replace_where(
-                filter_exact_duplicates(select_events(classified), partitions=cfg.ingest.files_per_day),
+                flagged.observe(copies, F.sum(F.col("is_duplicate").cast("long")).alias("n"))
+                .filter(~F.col("is_duplicate"))
+                .drop("is_duplicate"),
                 cfg, C.EVENTS, where_window, partition_by=[C.SOURCE, C.EVENT_DATE],
             )
-            info.update(rows=rows_written)
+            duplicates = copies.get.get("n") or 0
+            info.update(rows=rows_written, duplicates=duplicates)
     finally:
         _delete_path(spark, staging)
 
@@ -491,8 +493,7 @@ def ingest(
     if not result.balanced:
         message = (
             f"row accounting does not balance: read {rows_read} != written {rows_written} + "
-            f"quarantined {rows_quarantined} + duplicates {duplicates} ({distinct_events} distinct "
-            f"valid events were counted before the write)"
+            f"quarantined {rows_quarantined} + duplicates {duplicates}"
         )
         result = dataclasses.replace(result, status="failed", message=message)
         _record_run(spark, cfg, result, inputs, started_at)

@@ -374,12 +374,10 @@ def resolve_inputs(spark: SparkSession, cfg: Config, spec: SourceSpec, window_st
         return [input_path]
     days = (window_end - window_start).days + 1
     paths = [cfg.landing_path(spec.name, window_start + dt.timedelta(d)) for d in range(days)]
-    jvm = spark.sparkContext._jvm
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
     found = []
     for folder in paths:
-        path = jvm.org.apache.hadoop.fs.Path(folder)
-        if path.getFileSystem(hadoop_conf).exists(path):
+        filesystem, path = tables.hadoop_filesystem(spark, folder)
+        if filesystem.exists(path):
             found.append(folder)
         else:
             raise FileNotFoundError(
@@ -442,8 +440,8 @@ def ingest(
         with stage("ingest: write quarantine") as info:
             quarantine = select_quarantine(classified, run_id=run_id, run_date=window_start)
             # Nothing to add and nothing to clear: skip a commit (but create the table once).
-            stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or (
-                tables.read(spark, cfg, C.EVENTS_QUARANTINE).filter(where_quarantine).limit(1).count()
+            stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or tables.has_rows(
+                spark, cfg, C.EVENTS_QUARANTINE, where_quarantine
             )
             quarantine_written = 0
             if rows_quarantined or stale:
@@ -503,9 +501,8 @@ def ingest(
 
 
 def _delete_path(spark: SparkSession, path: str) -> None:
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hadoop_path, True)
+    filesystem, hadoop_path = tables.hadoop_filesystem(spark, path)
+    filesystem.delete(hadoop_path, True)
 
 
 def _record_run(spark: SparkSession, cfg: Config, result: IngestResult, inputs: list[str],

@@ -251,26 +251,13 @@ def _date_range_sql(column: str, start: dt.date, end: dt.date) -> str:
 
 def check_previous_day(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
     """Fail when events exist for ``day`` but were never sessionized (a skipped night)."""
-    if not tables.exists(spark, cfg, C.EVENTS):
-        return
-    has_events = (
-        tables.read(spark, cfg, C.EVENTS)
-        .filter((F.col(C.SOURCE) == source) & (F.col(C.EVENT_DATE) == F.lit(day)))
-        .limit(1)
-        .count()
-    )
-    if not has_events:
-        return
-    done = tables.exists(spark, cfg, C.SESSION_EVENTS) and (
-        tables.read(spark, cfg, C.SESSION_EVENTS)
-        .filter((F.col(C.SOURCE) == source) & (F.col(C.EVENT_DATE) == F.lit(day)))
-        .limit(1)
-        .count()
-    )
-    if not done:
+    that_day = f"source = '{source}' AND event_date = '{day}'"
+    if tables.has_rows(spark, cfg, C.EVENTS, that_day) and not tables.has_rows(
+        spark, cfg, C.SESSION_EVENTS, that_day
+    ):
         raise MissingPreviousDay(
             f"events of source {source!r} for {day} were never sessionized; run "
-            f"`seqlake sessionize --date {day}` first, or sessionize a range with --from/--to"
+            f"`seqlake sessionize --source {source} --date {day}` first, or sessionize a range with --from/--to"
         )
 
 
@@ -322,8 +309,8 @@ def sessionize(
             f"stage = '{C.STAGE_SESSIONIZE}' AND source = '{source}' AND "
             + _date_range_sql(C.RUN_DATE, date_from, date_to)
         )
-        stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or (
-            tables.read(spark, cfg, C.EVENTS_QUARANTINE).filter(where_capped).limit(1).count()
+        stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or tables.has_rows(
+            spark, cfg, C.EVENTS_QUARANTINE, where_capped
         )
         capped = 0
         # Recomputing the ranking is paid only on days that have bots (or had them before).

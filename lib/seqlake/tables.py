@@ -19,6 +19,17 @@ def exists(spark: SparkSession, cfg: Config, table: str) -> bool:
     return DeltaTable.isDeltaTable(spark, cfg.table_path(table))
 
 
+def has_rows(spark: SparkSession, cfg: Config, table: str, predicate: str) -> bool:
+    """Whether ``table`` exists and holds a row matching the SQL ``predicate``."""
+    return exists(spark, cfg, table) and bool(read(spark, cfg, table).filter(predicate).limit(1).count())
+
+
+def hadoop_filesystem(spark: SparkSession, path: str):
+    """(Hadoop FileSystem, Path) for ``path``: local, s3a://, hdfs:// ... alike."""
+    hadoop_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path)
+    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hadoop_path
+
+
 def read(spark: SparkSession, cfg: Config, table: str, schema: T.StructType | None = None) -> DataFrame:
     """The table's current version; an empty DataFrame of ``schema`` when it does not exist yet."""
     if not exists(spark, cfg, table):

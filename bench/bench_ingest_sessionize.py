@@ -31,11 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 
 
-def bench_settings(work: Path) -> list[str]:
+def bench_settings(work: Path, driver_memory: str = "2g") -> list[str]:
     return [
         "spark.master=local[2]",
         "spark.shuffle_partitions=8",
-        "spark.driver_memory=2g",
+        f"spark.driver_memory={driver_memory}",
         "lake.catalog=in_memory",
         f"lake.root={work / 'lake'}",
         f"lake.landing_root={work / 'landing'}",
@@ -51,12 +51,12 @@ def jvm_peak_rss_mb(spark) -> float:
     return float("nan")
 
 
-def run_job(job: str, work: Path, date_from: str, date_to: str) -> dict:
+def run_job(job: str, work: Path, date_from: str, date_to: str, driver_memory: str) -> dict:
     """Run one job in this process (called in a child process) and return its measurements."""
     from seqlake.config import load_config
     from seqlake.spark import build_spark
 
-    cfg = load_config(REPO / "conf" / "local.yaml", bench_settings(work))
+    cfg = load_config(REPO / "conf" / "local.yaml", bench_settings(work, driver_memory))
     spark = build_spark(cfg)
     start = time.monotonic()
     info: dict = {}
@@ -113,10 +113,11 @@ def generate_once(work: Path, events: int, seed: int) -> dict:
     return done
 
 
-def child(job: str, work: Path, date_from: str, date_to: str) -> dict:
+def child(job: str, work: Path, date_from: str, date_to: str, driver_memory: str) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, __file__, "--job", job, "--work", str(work), "--from", date_from, "--to", date_to],
+        [sys.executable, __file__, "--job", job, "--work", str(work), "--from", date_from, "--to", date_to,
+         "--driver-memory", driver_memory],
         capture_output=True, text=True, env=env, cwd=REPO,
     )
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
@@ -131,12 +132,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="2000000,10000000", help="comma-separated event counts")
     parser.add_argument("--work", default="/tmp/seqlake-bench", help="scratch folder (generated data is reused)")
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--driver-memory", default="2g", help="spark.driver.memory of every job (default: %(default)s)")
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--from", dest="date_from", help=argparse.SUPPRESS)
     parser.add_argument("--to", dest="date_to", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
-        print("RESULT " + json.dumps(run_job(args.job, Path(args.work), args.date_from, args.date_to)))
+        print("RESULT " + json.dumps(run_job(args.job, Path(args.work), args.date_from, args.date_to,
+                                             args.driver_memory)))
         return
 
     rows = []
@@ -150,7 +153,7 @@ def main() -> None:
         measured = {}
         for job in ("lower_bound", "ingest", "sessionize"):
             print(f"== {size:,} events: {job}", flush=True)
-            measured[job] = child(job, work, gen["first_date"], gen["last_date"])
+            measured[job] = child(job, work, gen["first_date"], gen["last_date"], args.driver_memory)
             print(f"   {measured[job]}", flush=True)
         ours = measured["ingest"]["seconds"] + measured["sessionize"]["seconds"]
         rows.append({

@@ -418,7 +418,11 @@ def ingest(
         # Materialise the narrow classification once as staging Parquet (cheaper to build than
         # Spark's columnar cache); the counts, the quarantine and the events all read it.
         staging = join_path(cfg.lake.root, "_staging", run_id)
-        classified.write.mode("overwrite").parquet(staging)
+        try:
+            classified.write.mode("overwrite").parquet(staging)
+        except BaseException:
+            _delete_path(spark, staging)  # a failed run leaves no partial staging copy
+            raise
         classified = spark.read.parquet(staging)
         counts = {
             (r["reason"] or ""): r["n"]
@@ -439,15 +443,10 @@ def ingest(
     try:
         with stage("ingest: write quarantine") as info:
             quarantine = select_quarantine(classified, run_id=run_id, run_date=window_start)
-            # Nothing to add and nothing to clear: skip a commit (but create the table once).
-            stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or tables.has_rows(
-                spark, cfg, C.EVENTS_QUARANTINE, where_quarantine
+            quarantine_written = tables.replace_where_unless_noop(
+                quarantine, cfg, C.EVENTS_QUARANTINE, where_quarantine, partition_by=[C.RUN_DATE],
+                adds_rows=rows_quarantined > 0,
             )
-            quarantine_written = 0
-            if rows_quarantined or stale:
-                quarantine_written = tables.replace_where(
-                    quarantine, cfg, C.EVENTS_QUARANTINE, where_quarantine, partition_by=[C.RUN_DATE]
-                )
             info.update(rows=quarantine_written)
         if quarantine_written != rows_quarantined:
             raise RuntimeError(

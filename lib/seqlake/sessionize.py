@@ -309,16 +309,12 @@ def sessionize(
             f"stage = '{C.STAGE_SESSIONIZE}' AND source = '{source}' AND "
             + _date_range_sql(C.RUN_DATE, date_from, date_to)
         )
-        stale = not tables.exists(spark, cfg, C.EVENTS_QUARANTINE) or tables.has_rows(
-            spark, cfg, C.EVENTS_QUARANTINE, where_capped
-        )
-        capped = 0
         # Recomputing the ranking is paid only on days that have bots (or had them before).
-        if (over_cap.get.get("n") or 0) or stale:
-            capped = tables.replace_where(
-                select_capped_quarantine(ranked.filter(F.col("day_rank") > cap), run_id=run_id, cap=cap),
-                cfg, C.EVENTS_QUARANTINE, where_capped, partition_by=[C.RUN_DATE],
-            )
+        capped = tables.replace_where_unless_noop(
+            select_capped_quarantine(ranked.filter(F.col("day_rank") > cap), run_id=run_id, cap=cap),
+            cfg, C.EVENTS_QUARANTINE, where_capped, partition_by=[C.RUN_DATE],
+            adds_rows=(over_cap.get.get("n") or 0) > 0,
+        )
         info.update(events_capped=capped)
 
     with stage("sessionize: merge sessions") as info:

@@ -62,6 +62,23 @@ def replace_where(
     return read(df.sparkSession, cfg, table).filter(predicate).count()
 
 
+def replace_where_unless_noop(
+    df: DataFrame,
+    cfg: Config,
+    table: str,
+    predicate: str,
+    partition_by: Sequence[str],
+    *,
+    adds_rows: bool,
+) -> int:
+    """``replace_where``, skipping the commit (and the pass over ``df``) when ``adds_rows`` is
+    false and the existing table holds nothing under ``predicate`` to clear. Creates the table
+    on first use either way, so analysts can always query it."""
+    if not adds_rows and exists(df.sparkSession, cfg, table) and not has_rows(df.sparkSession, cfg, table, predicate):
+        return 0
+    return replace_where(df, cfg, table, predicate, partition_by)
+
+
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = ()) -> None:
     df.write.format("delta").mode("append").partitionBy(*partition_by).save(cfg.table_path(table))
 

@@ -15,7 +15,10 @@ from seqlake import constants as C
 from seqlake.config import Config, ConfigError, load_config, parse_date
 from seqlake.progress import configure_logging, log
 
-ALL_TABLES = (C.EVENTS, C.EVENTS_QUARANTINE, C.INGEST_RUNS, C.SESSIONS, C.SESSION_EVENTS, C.SESSIONIZE_RUNS)
+ALL_TABLES = (
+    C.EVENTS, C.EVENTS_QUARANTINE, C.INGEST_RUNS, C.SESSIONS, C.SESSION_EVENTS, C.SESSIONIZE_RUNS,
+    C.VOCAB, C.VOCAB_VERSIONS, C.USER_SEQUENCES, C.USER_STATE, C.STATE_RUNS, C.RUN_METRICS,
+)
 
 EXIT_USAGE = 2  # bad configuration or arguments: nothing was touched
 EXIT_DATA = 3  # the input failed a data check (quarantine threshold, missing day)
@@ -83,6 +86,56 @@ def build_parser() -> argparse.ArgumentParser:
     _add_window_args(ses, "sessionize")
     ses.add_argument("--compare-source-sessions", action="store_true",
                      help="also report agreement with the source's own session ids (e.g. REES46)")
+
+    voc = sub.add_parser(
+        "vocab",
+        help="fit the next vocabulary version (`vocab`, `vocab_versions`)",
+        description=(
+            "vocab fit: fit the vocabularies of event_type, item_id, category_id and brand on the "
+            "sessionized events of a window (--from/--to, or --date D for the vocab.fit_days days "
+            "ending with D). Existing tokens keep their index; new tokens seen at least "
+            "vocab.<feature>.min_count times are appended, up to vocab.<feature>.max_size, under a "
+            "new vocab_version. A fit that adds no token writes no version. Index contract: 0 padding, "
+            "1 null, 2..1+K hashed out-of-vocabulary buckets, then the tokens."
+        ),
+    )
+    voc.add_argument("action", choices=["fit"], help="what to do (fit)")
+    _add_window_args(voc, "fit on the vocab.fit_days days ending with")
+
+    seq = sub.add_parser(
+        "sequences",
+        help="write user sequence snapshots (`user_sequences`)",
+        description=(
+            "Write one snapshot of `user_sequences` per cutoff: per user, the last sequences.length "
+            "events before 00:00 UTC of the cutoff as left-padded integer arrays, aggregate features "
+            "of the history before it, and the label (purchase in [cutoff, cutoff + "
+            "sequences.horizon_days)). Cutoffs: --cutoff D, or --from/--to (every "
+            "sequences.cutoff_every_days days), or sequences.cutoffs. Training snapshots need "
+            "sessionized data through the label horizon (exit 3 otherwise). --scoring writes an "
+            "unlabelled snapshot from `user_state`, which must hold the day before the cutoff."
+        ),
+    )
+    seq.add_argument("--cutoff", "--date", dest="cutoff", help="cutoff date YYYY-MM-DD (one snapshot)")
+    seq.add_argument("--from", dest="date_from", help="first cutoff of a range (with --to)")
+    seq.add_argument("--to", dest="date_to", help="last possible cutoff of the range, inclusive")
+    seq.add_argument("--source", help="source name; default: the config's `source`")
+    seq.add_argument("--vocab-version", type=int, help="vocabulary version to encode with (default: the latest)")
+    seq.add_argument("--scoring", action="store_true", help="unlabelled snapshot from user_state (nightly scoring)")
+
+    sta = sub.add_parser(
+        "state",
+        help="fold a day into the per-user state (`user_state`)",
+        description=(
+            "Nightly update of `user_state` (per user: the last sequences.length events and running "
+            "aggregates) with the sessionized events of --date only, by Delta MERGE. The first run "
+            "bootstraps from all history up to --date; a rerun of a day already held changes "
+            "nothing; a day after a gap fails (exit 3). --rebuild recomputes from all history. "
+            "Also records the day's null and out-of-vocabulary shares per feature in `run_metrics`."
+        ),
+    )
+    sta.add_argument("--date", required=True, help="the day to fold in, YYYY-MM-DD")
+    sta.add_argument("--source", help="source name; default: the config's `source`")
+    sta.add_argument("--rebuild", action="store_true", help="recompute the state from all history up to --date")
 
     sql = sub.add_parser(
         "sql",
@@ -201,6 +254,101 @@ def cmd_sessionize(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+def cmd_vocab(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import vocab
+
+    if args.date and not (args.date_from or args.date_to):
+        end = parse_date(args.date, "--date")
+        start = end - dt.timedelta(days=cfg.vocab.fit_days - 1)
+    else:
+        start, end = _window(args)
+    source = args.source or cfg.source
+
+    def work(spark) -> int:
+        try:
+            result = vocab.fit(spark, cfg, source=source, fit_from=start, fit_to=end)
+        except vocab.VocabMissing as exc:
+            print(f"seqlake vocab: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        state = "new version" if result.created else "unchanged, current version"
+        print(
+            f"vocab fit {source} {start}..{end}: {state} {result.vocab_version}\n"
+            + "\n".join(f"  {f}: {result.tokens[f]:,} tokens (+{result.new_tokens[f]:,} new)" for f in result.tokens)
+            + f"\n  vocab: {cfg.table_path(C.VOCAB)}"
+        )
+        return 0
+
+    return _with_spark(cfg, work)
+
+
+def _cutoffs(cfg: Config, args: argparse.Namespace) -> list[dt.date]:
+    from seqlake.sequences import cutoffs_between
+
+    if args.cutoff and (args.date_from or args.date_to):
+        raise ConfigError("give either --cutoff or --from/--to, not both")
+    if args.cutoff:
+        return [parse_date(args.cutoff, "--cutoff")]
+    if args.date_from or args.date_to:
+        if not (args.date_from and args.date_to):
+            raise ConfigError("--from and --to go together")
+        start, end = parse_date(args.date_from, "--from"), parse_date(args.date_to, "--to")
+        if end < start:
+            raise ConfigError(f"--to {end} is before --from {start}")
+        return cutoffs_between(start, end, cfg.sequences.cutoff_every_days)
+    if cfg.sequences.cutoffs:
+        return sorted(parse_date(d, "sequences.cutoffs") for d in cfg.sequences.cutoffs)
+    raise ConfigError("a cutoff is required: --cutoff YYYY-MM-DD, --from/--to, or sequences.cutoffs in the config")
+
+
+def cmd_sequences(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import sequences, state, vocab
+
+    cutoffs = _cutoffs(cfg, args)
+    source = args.source or cfg.source
+
+    def work(spark) -> int:
+        try:
+            vocabulary = vocab.load(spark, cfg, source, args.vocab_version)
+            for cutoff in cutoffs:
+                r = sequences.build_snapshot(spark, cfg, source=source, cutoff=cutoff, vocabulary=vocabulary,
+                                             scoring=args.scoring)
+                label = "unlabelled" if r.positives is None else f"{r.positives:,} positive ({r.positives / max(r.users, 1):.1%})"
+                print(
+                    f"sequences {source} cutoff {cutoff}: {r.users:,} users, {label}, split {r.by_split}, "
+                    f"vocab_version {r.vocab_version}; OOV share "
+                    + ", ".join(f"{f}={v:.2%}" for f, v in r.oov_share.items())
+                )
+        except (vocab.VocabMissing, sequences.LabelHorizonNotCovered, state.StateGap) as exc:
+            print(f"seqlake sequences: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        print(f"  user_sequences: {cfg.table_path(C.USER_SEQUENCES)}")
+        return 0
+
+    return _with_spark(cfg, work)
+
+
+def cmd_state(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import state
+
+    day = parse_date(args.date, "--date")
+    source = args.source or cfg.source
+
+    def work(spark) -> int:
+        try:
+            r = state.update_state(spark, cfg, source=source, day=day, rebuild=args.rebuild)
+        except state.StateGap as exc:
+            print(f"seqlake state: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        print(
+            f"state {source} {day}: {r.mode}; {r.events_in:,} events in, {r.users_updated:,} users updated, "
+            f"{r.users_total:,} users in the state (holds events up to {r.state_date})\n"
+            f"  user_state: {cfg.table_path(C.USER_STATE)}"
+        )
+        return 0
+
+    return _with_spark(cfg, work)
+
+
 def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
     def work(spark) -> int:
         from seqlake import tables
@@ -214,7 +362,10 @@ def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
-COMMANDS = {"generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "sql": cmd_sql}
+COMMANDS = {
+    "generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "vocab": cmd_vocab,
+    "sequences": cmd_sequences, "state": cmd_state, "sql": cmd_sql,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

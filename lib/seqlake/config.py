@@ -20,6 +20,10 @@ from typing import Any
 import yaml
 
 
+# Categorical features with a vocabulary (canonical column names).
+VOCAB_FEATURES = ("event_type", "item_id", "category_id", "brand")
+
+
 class ConfigError(ValueError):
     """A configuration file, override or argument is invalid; the message names the key."""
 
@@ -102,6 +106,49 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class VocabFeatureConfig:
+    # Hashed out-of-vocabulary buckets (indices 2 .. 1 + oov_buckets). Fixed for the life of a
+    # vocabulary: changing it would move every token's index, so a refit refuses it.
+    oov_buckets: int = 8
+    # A token enters the vocabulary when seen at least this often in the fit window.
+    min_count: int = 1
+    # Most tokens the vocabulary holds (OOV and reserved indices not counted); once full, new
+    # tokens go to the OOV buckets.
+    max_size: int = 10000
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    # `vocab fit --date D` fits on the fit_days days ending with D.
+    fit_days: int = 28
+    item_id: VocabFeatureConfig = field(default_factory=lambda: VocabFeatureConfig(64, 2, 100000))
+    category_id: VocabFeatureConfig = field(default_factory=lambda: VocabFeatureConfig(8, 1, 10000))
+    brand: VocabFeatureConfig = field(default_factory=lambda: VocabFeatureConfig(8, 1, 20000))
+    event_type: VocabFeatureConfig = field(default_factory=lambda: VocabFeatureConfig(1, 1, 16))
+
+    def feature(self, name: str) -> VocabFeatureConfig:
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class SequencesConfig:
+    # Events per user sequence (the last `length` before the cutoff; also kept in user_state).
+    length: int = 50
+    # Label: 1 if the user purchases in [cutoff, cutoff + horizon_days).
+    horizon_days: int = 7
+    # Training cutoffs used when `sequences` gets no --cutoff/--from: ISO dates.
+    cutoffs: tuple[str, ...] = ()
+    # With --from/--to: one cutoff every this many days.
+    cutoff_every_days: int = 7
+    # Stable split by a hash of user_id: shares of validation and test users.
+    validation_share: float = 0.1
+    test_share: float = 0.1
+    # Parquet files per snapshot (>= the training workers that shard it) and row group size.
+    files_per_snapshot: int = 4
+    row_group_mb: int = 16
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -111,6 +158,8 @@ class Config:
     pseudonymise: PseudonymiseConfig = field(default_factory=PseudonymiseConfig)
     sessionize: SessionizeConfig = field(default_factory=SessionizeConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    sequences: SequencesConfig = field(default_factory=SequencesConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -179,10 +228,30 @@ def _validate(cfg: Config) -> None:
         (cfg.generator.files_per_day >= 1, "generator.files_per_day: expected an integer >= 1"),
         (cfg.generator.items >= 10 and cfg.generator.categories >= 2 and cfg.generator.brands >= 2,
          "generator.items/categories/brands: expected at least 10 items, 2 categories, 2 brands"),
+        (cfg.vocab.fit_days >= 1, "vocab.fit_days: expected an integer >= 1"),
+        *[
+            check
+            for name in VOCAB_FEATURES
+            for check in (
+                (cfg.vocab.feature(name).oov_buckets >= 1, f"vocab.{name}.oov_buckets: expected an integer >= 1"),
+                (cfg.vocab.feature(name).min_count >= 1, f"vocab.{name}.min_count: expected an integer >= 1"),
+                (cfg.vocab.feature(name).max_size >= 1, f"vocab.{name}.max_size: expected an integer >= 1"),
+            )
+        ],
+        (1 <= cfg.sequences.length <= 10000, "sequences.length: expected an integer in 1..10000"),
+        (cfg.sequences.horizon_days >= 1, "sequences.horizon_days: expected an integer >= 1"),
+        (cfg.sequences.cutoff_every_days >= 1, "sequences.cutoff_every_days: expected an integer >= 1"),
+        (cfg.sequences.validation_share >= 0 and cfg.sequences.test_share >= 0
+         and cfg.sequences.validation_share + cfg.sequences.test_share < 1,
+         "sequences.validation_share/test_share: expected non-negative shares summing to less than 1"),
+        (cfg.sequences.files_per_snapshot >= 1, "sequences.files_per_snapshot: expected an integer >= 1"),
+        (cfg.sequences.row_group_mb >= 1, "sequences.row_group_mb: expected an integer >= 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    for i, value in enumerate(cfg.sequences.cutoffs):
+        parse_date(value, f"sequences.cutoffs[{i}]")
 
 
 # --------------------------------------------------------------------------- loading
@@ -259,8 +328,25 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(
             f"{prefix}{unknown[0]}: unknown setting (known in {where}: {', '.join(sorted(fields))})"
         )
-    kwargs = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if dataclasses.is_dataclass(hints[f.name]) and isinstance(value, dict) and f.default_factory is not dataclasses.MISSING:
+            # A partial section keeps this field's own defaults for the keys it does not set
+            # (vocab.item_id and vocab.brand share a class but not their defaults).
+            default = f.default_factory()
+            base = {g.name: getattr(default, g.name) for g in dataclasses.fields(default)
+                    if not dataclasses.is_dataclass(getattr(default, g.name))}
+            value = {**_plain(base), **value}
+        kwargs[f.name] = _coerce(hints[f.name], value, f"{prefix}{f.name}")
     return cls(**kwargs)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    """Dataclass field values back in their YAML form (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

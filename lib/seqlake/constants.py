@@ -44,3 +44,16 @@ USER_DAILY_CAP = "user_daily_cap"
 
 STAGE_INGEST = "ingest"
 STAGE_SESSIONIZE = "sessionize"
+VOCAB = "vocab"
+VOCAB_VERSIONS = "vocab_versions"
+USER_SEQUENCES = "user_sequences"
+USER_STATE = "user_state"
+STATE_RUNS = "state_runs"
+RUN_METRICS = "run_metrics"
+
+SNAPSHOT_DATE = "snapshot_date"
+VOCAB_VERSION = "vocab_version"
+STATE_DATE = "state_date"
+
+STAGE_SEQUENCES = "sequences"
+STAGE_STATE = "state"

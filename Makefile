@@ -7,6 +7,11 @@ SEQLAKE := $(BIN)/seqlake
 DEMO_FROM ?= 2024-01-01
 DEMO_TO ?= 2024-01-28
 DEMO_LAST_DAY ?= 2024-01-28
+DEMO_DAY_BEFORE ?= 2024-01-27
+DEMO_NEXT_DAY ?= 2024-01-29
+# Training cutoffs whose 7-day label horizon ends inside the demo's days.
+DEMO_CUTOFFS_FROM ?= 2024-01-08
+DEMO_CUTOFFS_TO ?= 2024-01-22
 
 .PHONY: setup demo demo-real test test-fast bench clean
 
@@ -27,9 +32,16 @@ demo: setup
 	$(SEQLAKE) ingest --date $(DEMO_LAST_DAY)
 	$(SEQLAKE) sessionize --date $(DEMO_LAST_DAY)
 	$(SEQLAKE) sql "SELECT source, count(*) AS sessions, sum(n_events) AS events, round(avg(duration_seconds)/60, 1) AS avg_minutes, sum(CAST(has_purchase AS INT)) AS purchasing_sessions FROM sessions GROUP BY source"
+	@echo "== encoding: vocabulary, weekly training snapshots, nightly state, scoring snapshot"
+	$(SEQLAKE) vocab fit --from $(DEMO_FROM) --to $(DEMO_CUTOFFS_FROM)
+	$(SEQLAKE) sequences --from $(DEMO_CUTOFFS_FROM) --to $(DEMO_CUTOFFS_TO)
+	$(SEQLAKE) state --date $(DEMO_DAY_BEFORE)
+	$(SEQLAKE) state --date $(DEMO_LAST_DAY)
+	$(SEQLAKE) sequences --cutoff $(DEMO_NEXT_DAY) --scoring
+	$(SEQLAKE) sql "SELECT snapshot_date, count(*) AS users, round(avg(label), 3) AS positive_rate, round(avg(length), 1) AS avg_length, max(vocab_version) AS vocab_version FROM user_sequences GROUP BY snapshot_date ORDER BY snapshot_date"
 	@echo
-	@echo "Lake tables (Delta): $(CURDIR)/lake/{events,events_quarantine,ingest_runs,sessions,session_events,sessionize_runs}"
-	@echo "Query them:          $(SEQLAKE) sql \"SELECT * FROM seqlake.sessions LIMIT 10\""
+	@echo "Lake tables (Delta): $(CURDIR)/lake/{events,events_quarantine,ingest_runs,sessions,session_events,sessionize_runs,vocab,vocab_versions,user_sequences,user_state,state_runs,run_metrics}"
+	@echo "Query them:          $(SEQLAKE) sql \"SELECT * FROM seqlake.user_sequences LIMIT 10\""
 
 # The two real public samples in ../shared/data, through their source configs.
 demo-real: setup

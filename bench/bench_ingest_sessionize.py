@@ -113,10 +113,11 @@ def generate_once(work: Path, events: int, seed: int) -> dict:
     return done
 
 
-def child(job: str, work: Path, date_from: str, date_to: str, driver_memory: str) -> dict:
+def child(job: str, work: Path, date_from: str, date_to: str, driver_memory: str, script: str = __file__) -> dict:
+    """Run ``script --job job ...`` in a fresh Python and JVM; return its RESULT line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, __file__, "--job", job, "--work", str(work), "--from", date_from, "--to", date_to,
+        [sys.executable, script, "--job", job, "--work", str(work), "--from", date_from, "--to", date_to,
          "--driver-memory", driver_memory],
         capture_output=True, text=True, env=env, cwd=REPO,
     )

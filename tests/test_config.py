@@ -46,6 +46,11 @@ def test_uri_lake_root_is_kept_verbatim():
         ("lake.catalog=glue", "lake.catalog: expected 'hive' or 'in_memory'"),
         ("spark=3", "spark: expected a mapping of settings, got int"),
         ("novalue", "expected key=value"),
+        ("vocab.item_id.oov_buckets=0", "vocab.item_id.oov_buckets: expected an integer >= 1"),
+        ("vocab.brand.colour=1", "vocab.brand.colour: unknown setting"),
+        ("sequences.length=0", "sequences.length: expected an integer in 1..10000"),
+        ("sequences.cutoffs=[2024-01-08, soon]", "sequences.cutoffs[1]: expected a date as YYYY-MM-DD, got 'soon'"),
+        ("sequences.test_share=0.95", "sequences.validation_share/test_share"),
     ],
 )
 def test_bad_settings_name_the_key(override, message):
@@ -111,6 +116,10 @@ def test_cli_rejects_bad_input_before_spark(tmp_path):
         (["ingest"], "a date is required"),
         (["--set", "sessionize.gap_minutes=-5", "sessionize", "--date", "2024-01-01"], "sessionize.gap_minutes"),
         (["ingest", "--source", "nosuch", "--date", "2024-01-01"], "source 'nosuch': no file"),
+        (["sequences"], "a cutoff is required"),
+        (["sequences", "--cutoff", "2024-01-08", "--from", "2024-01-01", "--to", "2024-01-09"], "either --cutoff"),
+        (["state", "--date", "2024-1-8"], "--date: expected a date as YYYY-MM-DD"),
+        (["vocab", "fit", "--from", "2024-01-09", "--to", "2024-01-01"], "--to 2024-01-01 is before --from"),
     ]
     for args, message in cases:
         proc = run(*args)
@@ -127,3 +136,13 @@ def test_job_entry_points_accept_global_options_anywhere(monkeypatch):
     monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or 0)
     assert cli.run_job("ingest", ["--date", "2024-01-02", "--conf", "c.yaml", "-v", "--set", "a.b=1"]) == 0
     assert seen == [["--conf", "c.yaml", "-v", "--set", "a.b=1", "ingest", "--date", "2024-01-02"]]
+
+
+def test_partial_section_keeps_that_fields_own_defaults():
+    """vocab.item_id and vocab.brand share a class, not defaults: overriding one key of
+    item_id must keep item_id's other defaults, not the class's."""
+    cfg = load_config(REPO / "conf" / "local.yaml", ["vocab.item_id.min_count=5"])
+    default = load_config(REPO / "conf" / "local.yaml")
+    assert cfg.vocab.item_id.min_count == 5
+    assert cfg.vocab.item_id.oov_buckets == default.vocab.item_id.oov_buckets == 64
+    assert cfg.vocab.item_id.max_size == default.vocab.item_id.max_size

@@ -247,3 +247,22 @@ def test_daily_state_equals_one_shot_and_reruns_change_nothing(spark, tmp_path):
     metrics = tables.read(spark, cfg, C.RUN_METRICS).filter("stage = 'state' AND feature = 'item_id'")
     assert metrics.count() == days - 4
     assert metrics.filter(f"run_date = '{last}'").first()["oov_share"] > 0
+
+    # A scoring snapshot from this state is laid out for Petastorm: files_per_snapshot Parquet
+    # files, each readable by pyarrow alone, arrays of int32 of the configured length.
+    import urllib.parse
+
+    import pyarrow.parquet as pq
+
+    v = vocab.load(spark, cfg, SOURCE)
+    cutoff = last + dt.timedelta(days=1)
+    result = sequences.build_snapshot(spark, cfg, source=SOURCE, cutoff=cutoff, vocabulary=v, scoring=True)
+    files = (tables.read(spark, cfg, C.USER_SEQUENCES).filter(f"snapshot_date = '{cutoff}'").inputFiles())
+    assert len(files) == cfg.sequences.files_per_snapshot
+    rows = 0
+    for uri in files:
+        table = pq.read_table(urllib.parse.urlparse(uri).path)
+        assert str(table.schema.field("item").type) in ("list<element: int32>", "list<element: int32 not null>")
+        assert {len(a) for a in table.column("item").to_pylist()} == {8}
+        rows += table.num_rows
+    assert rows == result.users == len(incremental)

@@ -230,13 +230,13 @@ def fit_feature(
     size_before = previous.count()
     room = max(settings.max_size - size_before, 0)
     # A distributed top-`room` first; then one partition numbers at most `room` (<= max_size)
-    # rows (partitionBy a constant says so on purpose, rather than through Spark's warning).
+    # rows, on purpose (conf/log4j2.properties quiets Spark's warning about it).
     order = [F.col("count").desc(), F.col("token")]
     ranked = (
         merged.filter(F.col("prev_index").isNull() & (F.col("count") >= settings.min_count))
         .orderBy(*order)
         .limit(room)
-        .withColumn("_rank", F.row_number().over(Window.partitionBy(F.lit(0)).orderBy(*order)))
+        .withColumn("_rank", F.row_number().over(Window.orderBy(*order)))
         .select(
             "token",
             (F.lit(first_new + size_before - 1) + F.col("_rank")).cast("int").alias("index"),

@@ -157,7 +157,7 @@ def with_labels(sequences: DataFrame, future_events: DataFrame, *, cutoff: dt.da
         .withColumn("_buyer", F.lit(1))
     )
     return (
-        sequences.join(buyers, state.KEY, "left")
+        sequences.join(buyers, on=state.KEY, how="left")
         .withColumn("label", F.coalesce(F.col("_buyer"), F.lit(0)).cast("int"))
         .select(*[f.name for f in schemas.USER_SEQUENCES.fields])
     )

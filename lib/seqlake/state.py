@@ -98,7 +98,7 @@ def history_state(events: DataFrame, *, length: int) -> DataFrame:
             F.collect_list(F.when(keep_day, F.struct(C.EVENT_DATE, "carts", "purchases")))
         ).alias("daily"),
     )
-    return per_user.join(days, KEY).select(*_state_columns())
+    return per_user.join(days, on=KEY, how="inner").select(*_state_columns())
 
 
 def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length: int) -> DataFrame:
@@ -108,7 +108,7 @@ def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length:
     events. Relies on every event of the day being later than the state's last event.
     """
     renamed = old.select(*KEY, *[F.col(c).alias(f"o_{c}") for c in _state_columns() if c not in KEY])
-    joined = day.join(renamed, KEY, "left")
+    joined = day.join(renamed, on=KEY, how="left")
     # The day's first event follows the user's last stored one.
     recent_day = F.transform(
         "recent",

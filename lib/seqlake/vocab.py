@@ -95,7 +95,7 @@ def encode(df: DataFrame, column: str, *, out: str, lookup: DataFrame, oov_bucke
     tok, idx = f"_tok_{out}", f"_idx_{out}"
     small = F.broadcast(lookup.select(F.col("token").alias(tok), F.col("index").alias(idx)))
     return (
-        df.join(small, df[column] == small[tok], "left")
+        df.join(small, on=df[column] == small[tok], how="left")
         .withColumn(
             out,
             F.when(F.col(column).isNull(), F.lit(NULL))
@@ -219,7 +219,7 @@ def fit_feature(
         .agg(F.count(F.lit(1)).alias("count"), F.min(C.EVENT_DATE).alias("seen"))
     )
     prev = previous.select("token", F.col("index").alias("prev_index"), F.col("first_seen").alias("prev_first_seen"))
-    merged = counts.join(prev, "token", "full_outer")
+    merged = counts.join(prev, on="token", how="full_outer")
     kept = merged.filter(F.col("prev_index").isNotNull()).select(
         "token",
         F.col("prev_index").alias("index"),

@@ -58,6 +58,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/bench_ingest_sessionize.py
+	$(BIN)/python bench/bench_encoding.py
 
 clean:
 	rm -rf lake spark-warehouse metastore_db derby.log

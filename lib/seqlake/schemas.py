@@ -127,7 +127,6 @@ VOCAB_VERSIONS = T.StructType([
 
 RECENT_EVENT = T.StructType([
     T.StructField("ts", T.TimestampType(), False),
-    T.StructField("event_id", T.StringType(), False),
     T.StructField("event_type", T.StringType(), False),
     T.StructField("item_id", T.StringType(), False),
     T.StructField("category_id", T.StringType(), False),

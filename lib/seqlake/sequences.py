@@ -91,11 +91,14 @@ def sequences_from_state(
     horizon_days: int,
     validation_share: float,
     test_share: float,
+    partitions: int,
     observation: Observation | None = None,
 ) -> DataFrame:
     """``user_sequences`` rows (label null) from state rows whose events all precede ``cutoff``.
 
-    With ``observation``, the encoded events' null and OOV counts are observed during the write.
+    The output is hash-partitioned by (source, user_id) into ``partitions`` partitions (the
+    files of a snapshot), so a later join on the user key needs no second shuffle. With
+    ``observation``, the encoded events' null and OOV counts are observed during the write.
     """
     cutoff_ts = dt.datetime.combine(cutoff, dt.time())
     scalars = user_state.select(
@@ -120,7 +123,7 @@ def sequences_from_state(
         "length", "recency_days", "frequency", "monetary", "n_events", "n_sessions", "active_days",
         "carts_7d", "purchases_7d", "carts_30d", "purchases_30d",
     ]
-    grouped = encoded.groupBy(*state.KEY).agg(
+    grouped = encoded.repartition(partitions, *state.KEY).groupBy(*state.KEY).agg(
         *[F.first(name).alias(name) for name in scalar_names],
         F.array_sort(F.collect_list(F.struct("pos", *ARRAYS))).alias("_events"),
     )
@@ -144,7 +147,9 @@ def sequences_from_state(
 
 
 def with_labels(sequences: DataFrame, future_events: DataFrame, *, cutoff: dt.date, horizon_days: int) -> DataFrame:
-    """Set ``label``: 1 if the user has a purchase in [cutoff, cutoff + horizon_days), else 0."""
+    """Set ``label``: 1 if the user has a purchase in [cutoff, cutoff + horizon_days), else 0.
+
+    Keeps the partitioning of ``sequences`` (only the buyers are shuffled to it)."""
     end = cutoff + dt.timedelta(days=horizon_days)
     buyers = (
         future_events.filter(
@@ -225,7 +230,7 @@ def build_snapshot(
     rows = sequences_from_state(
         user_state, cutoff=cutoff, vocabulary=vocabulary, length=settings.length,
         horizon_days=settings.horizon_days, validation_share=settings.validation_share,
-        test_share=settings.test_share, observation=observation,
+        test_share=settings.test_share, partitions=settings.files_per_snapshot, observation=observation,
     )
     if not scoring:
         future = state.session_events(spark, cfg, source)
@@ -233,8 +238,7 @@ def build_snapshot(
     where = f"source = '{source}' AND snapshot_date = '{cutoff}'"
     with stage(f"sequences: snapshot {cutoff} ({'scoring' if scoring else 'training'})") as info:
         (
-            rows.repartition(settings.files_per_snapshot, C.USER_ID)
-            .write.format("delta")
+            rows.write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", where)
             # Petastorm reads row group by row group: a few MB each keeps its memory bounded.

@@ -72,7 +72,10 @@ def history_state(events: DataFrame, *, length: int) -> DataFrame:
         .withColumn("_total", F.count(F.lit(1)).over(whole))
         .withColumn("_last_date", F.max(C.EVENT_DATE).over(whole))
     )
-    recent_event = F.struct(*[F.col(f.name) for f in schemas.RECENT_EVENT.fields])
+    # The position _n leads the struct so that sorting the collected list restores (ts, event_id)
+    # order; it is dropped afterwards (the 32-character event_id would double the state's size).
+    recent_event = F.struct(F.col("_n"), *[F.col(f.name) for f in schemas.RECENT_EVENT.fields])
+    recent_fields = [f.name for f in schemas.RECENT_EVENT.fields]
     per_user = ranked.groupBy(*KEY).agg(
         F.min(C.TS).alias("first_ts"),
         F.max(C.TS).alias("last_ts"),
@@ -82,7 +85,10 @@ def history_state(events: DataFrame, *, length: int) -> DataFrame:
         F.sum(F.when(is_purchase, F.coalesce(F.col("price").cast(_MONEY), F.lit(0).cast(_MONEY)))
               .otherwise(F.lit(0).cast(_MONEY))).cast(_MONEY).alias("monetary"),
         F.sum(F.col("is_session_start").cast("long")).alias("n_sessions"),
-        F.array_sort(F.collect_list(F.when(F.col("_n") > F.col("_total") - length, recent_event))).alias("recent"),
+        F.transform(
+            F.array_sort(F.collect_list(F.when(F.col("_n") > F.col("_total") - length, recent_event))),
+            lambda e: F.struct(*[e[name].alias(name) for name in recent_fields]),
+        ).alias("recent"),
     )
     per_day = ranked.groupBy(*KEY, C.EVENT_DATE).agg(
         F.sum(is_cart.cast("long")).alias("carts"),
@@ -207,6 +213,11 @@ def update_state(
                 history_state(history, length=length), cfg, C.USER_STATE, f"source = '{source}'",
                 partition_by=[C.SOURCE],
             )
+            # Deletion vectors: a nightly MERGE then writes the changed users' rows only,
+            # instead of rewriting every file that holds one of them (all files, in practice).
+            spark.sql(
+                f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')"
+            )
             info.update(events_in=events_in, users=users_updated)
     elif day <= current:
         mode, events_in = "noop", 0
@@ -217,7 +228,14 @@ def update_state(
             day_events = session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) == F.lit(day))
             events_in = day_events.count()
             if events_in:
-                old = tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source)
+                # Only the day's users' old rows take part: a broadcast semi-join streams the
+                # state once instead of shuffling every user's row into the join.
+                day_users = F.broadcast(day_events.select(*KEY).distinct())
+                old = (
+                    tables.read(spark, cfg, C.USER_STATE)
+                    .filter(F.col(C.SOURCE) == source)
+                    .join(day_users, on=KEY, how="left_semi")
+                )
                 update = combine_states(history_state(day_events, length=length), old, day_date=day, length=length)
                 target = DeltaTable.forPath(spark, path)
                 (

@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--to", dest="date_to", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
+        from seqlake.progress import configure_logging
+
+        configure_logging()  # stage timings on the child's stderr
         print("RESULT " + json.dumps(run_job(args.job, Path(args.work), args.date_from, args.date_to,
                                              args.driver_memory)))
         return

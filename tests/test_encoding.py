@@ -231,10 +231,12 @@ def test_daily_state_equals_one_shot_and_reruns_change_nothing(spark, tmp_path):
 
     one_shot = make_config(tmp_path / "one_shot", "sequences.length=8")
     history = tables.read(spark, cfg, C.SESSION_EVENTS).filter(f"event_date <= '{last}'")
-    tables.replace_where(state.history_state(history, length=8), one_shot, C.USER_STATE, "true",
-                         partition_by=[C.SOURCE])
+    v = vocab.load(spark, cfg, SOURCE)
+    one_shot_rows = state.history_state(vocab.with_encoded_tokens(history, v), length=8, vocab_version=v.version)
+    tables.replace_where(one_shot_rows, one_shot, C.USER_STATE, "true", partition_by=[C.SOURCE])
     assert incremental == state_rows(spark, one_shot)
-    assert any(len(r["recent"]) == 8 for r in incremental) and any(r["daily"] for r in incremental)
+    assert any(len(r["item"]) == 8 for r in incremental) and any(r["daily"] for r in incremental)
+    assert {len(r[name]) for r in incremental for name in vocab.ARRAYS} <= set(range(1, 9))
 
     # A rerun of the last day (or an earlier one) changes nothing, not even the table version.
     version = DeltaTable.forPath(spark, cfg.table_path(C.USER_STATE)).history(1).first()["version"]

@@ -126,16 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
         "state",
         help="fold a day into the per-user state (`user_state`)",
         description=(
-            "Nightly update of `user_state` (per user: the last sequences.length events and running "
-            "aggregates) with the sessionized events of --date only, by Delta MERGE. The first run "
-            "bootstraps from all history up to --date; a rerun of a day already held changes "
-            "nothing; a day after a gap fails (exit 3). --rebuild recomputes from all history. "
+            "Nightly update of `user_state` (per user: the last sequences.length encoded events and "
+            "running aggregates) with the sessionized events of --date only, by Delta MERGE. The "
+            "first run bootstraps from all history up to --date, encoding with the latest (or "
+            "--vocab-version) vocabulary; nights keep that version. A rerun of a day already held "
+            "changes nothing; a day after a gap fails (exit 3). --rebuild recomputes from all history. "
             "Also records the day's null and out-of-vocabulary shares per feature in `run_metrics`."
         ),
     )
     sta.add_argument("--date", required=True, help="the day to fold in, YYYY-MM-DD")
     sta.add_argument("--source", help="source name; default: the config's `source`")
     sta.add_argument("--rebuild", action="store_true", help="recompute the state from all history up to --date")
+    sta.add_argument("--vocab-version", type=int,
+                     help="vocabulary version to encode with on bootstrap/--rebuild (default: the latest); "
+                          "a nightly fold keeps the state's version")
 
     sql = sub.add_parser(
         "sql",
@@ -328,19 +332,21 @@ def cmd_sequences(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_state(cfg: Config, args: argparse.Namespace) -> int:
-    from seqlake import state
+    from seqlake import state, vocab
 
     day = parse_date(args.date, "--date")
     source = args.source or cfg.source
 
     def work(spark) -> int:
         try:
-            r = state.update_state(spark, cfg, source=source, day=day, rebuild=args.rebuild)
-        except state.StateGap as exc:
+            r = state.update_state(spark, cfg, source=source, day=day, rebuild=args.rebuild,
+                                   vocab_version=args.vocab_version)
+        except (state.StateGap, vocab.VocabMissing) as exc:
             print(f"seqlake state: failed: {exc}", file=sys.stderr)
             return EXIT_DATA
         print(
-            f"state {source} {day}: {r.mode}; {r.events_in:,} events in, {r.users_updated:,} users updated, "
+            f"state {source} {day}: {r.mode} (vocab_version {r.vocab_version}); {r.events_in:,} events in, "
+            f"{r.users_updated:,} users updated, "
             f"{r.users_total:,} users in the state (holds events up to {r.state_date})\n"
             f"  user_state: {cfg.table_path(C.USER_STATE)}"
         )

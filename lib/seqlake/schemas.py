@@ -125,18 +125,6 @@ VOCAB_VERSIONS = T.StructType([
     T.StructField("created_at", T.TimestampType(), False),
 ])
 
-RECENT_EVENT = T.StructType([
-    T.StructField("ts", T.TimestampType(), False),
-    T.StructField("event_type", T.StringType(), False),
-    T.StructField("item_id", T.StringType(), False),
-    T.StructField("category_id", T.StringType(), False),
-    T.StructField("brand", T.StringType(), True),
-    T.StructField("price", T.DoubleType(), True),
-    T.StructField("is_session_start", T.BooleanType(), False),
-    # The user's previous event (null for the first one ever): gives the time-gap feature.
-    T.StructField("prev_ts", T.TimestampType(), True),
-])
-
 DAILY_COUNTS = T.StructType([
     T.StructField("event_date", T.DateType(), False),
     T.StructField("carts", T.LongType(), False),
@@ -159,9 +147,12 @@ USER_STATE = T.StructType([
     T.StructField("active_days", T.LongType(), False),
     # Days with carts or purchases among the 30 days ending with last_event_date, in date order.
     T.StructField("daily", T.ArrayType(DAILY_COUNTS, False), False),
-    # The last sequences.length events in (ts, event_id) order, raw tokens (encoded at read
-    # time with the model's vocab_version, so a refit never leaves a stale state behind).
-    T.StructField("recent", T.ArrayType(RECENT_EVENT, False), False),
+    # Vocabulary version the arrays are encoded with (the nightly fold keeps it; a scoring
+    # snapshot for a model of another version needs `state --rebuild --vocab-version V`).
+    T.StructField("vocab_version", T.IntegerType(), False),
+    # The last sequences.length events in (ts, event_id) order, encoded, not padded.
+    *[T.StructField(name, T.ArrayType(T.IntegerType(), False), False)
+      for name in ("event_type", "item", "category", "brand", "price_bucket", "gap_bucket", "session_start")],
 ])
 
 STATE_RUNS = T.StructType([
@@ -171,6 +162,7 @@ STATE_RUNS = T.StructType([
     T.StructField("state_date", T.DateType(), False),
     # bootstrap | incremental | rebuild | noop
     T.StructField("mode", T.StringType(), False),
+    T.StructField("vocab_version", T.IntegerType(), False),
     T.StructField("events_in", T.LongType(), False),
     T.StructField("users_updated", T.LongType(), False),
     T.StructField("users_total", T.LongType(), False),

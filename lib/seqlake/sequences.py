@@ -27,10 +27,9 @@ from seqlake import constants as C
 from seqlake import schemas, state, tables
 from seqlake.config import Config
 from seqlake.progress import stage
-from seqlake.vocab import (ENCODED, Vocabulary, encode, encoded_event_counts, gap_bucket, metrics_rows,
-                           price_bucket, write_metrics)
+from seqlake.vocab import (ARRAYS, ENCODED, FIRST_OOV, NULL, Vocabulary, metrics_rows, with_encoded_tokens,
+                           write_metrics)
 
-ARRAYS = ("event_type", "item", "category", "brand", "price_bucket", "gap_bucket", "session_start")
 _SPLIT_BUCKETS = 10_000
 
 
@@ -69,19 +68,6 @@ def _sum_recent_days(daily: Column, cutoff: dt.date, days: int, field: str) -> C
     return F.aggregate(kept, F.lit(0).cast("long"), lambda acc, d: acc + d[field])
 
 
-def with_encoded_events(exploded: DataFrame, vocabulary: Vocabulary) -> DataFrame:
-    """Encode the columns of exploded recent events (one row per event)."""
-    out = exploded
-    for column, feature in ENCODED.items():
-        out = encode(out, f"e_{feature}", out=column, lookup=vocabulary.lookup(feature),
-                     oov_buckets=vocabulary.oov_buckets[feature])
-    return (
-        out.withColumn("price_bucket", price_bucket(F.col("e_price")))
-        .withColumn("gap_bucket", gap_bucket(F.col("e_ts"), F.col("e_prev_ts")))
-        .withColumn("session_start", F.col("e_is_session_start").cast("int"))
-    )
-
-
 def sequences_from_state(
     user_state: DataFrame,
     *,
@@ -91,19 +77,27 @@ def sequences_from_state(
     horizon_days: int,
     validation_share: float,
     test_share: float,
-    partitions: int,
     observation: Observation | None = None,
 ) -> DataFrame:
-    """``user_sequences`` rows (label null) from state rows whose events all precede ``cutoff``.
+    """``user_sequences`` rows (label null) from state rows whose events all precede ``cutoff``
+    and are encoded with ``vocabulary``: arrays left-padded with 0 to ``length``.
 
-    The output is hash-partitioned by (source, user_id) into ``partitions`` partitions (the
-    files of a snapshot), so a later join on the user key needs no second shuffle. With
-    ``observation``, the encoded events' null and OOV counts are observed during the write.
+    With ``observation``, the null and OOV hits of the encoded events are observed during the
+    write.
     """
     cutoff_ts = dt.datetime.combine(cutoff, dt.time())
-    scalars = user_state.select(
+
+    def padded(name: str) -> Column:
+        return F.concat(F.array_repeat(F.lit(0), F.lit(length) - F.size(name)), F.col(name))
+
+    if observation is not None:
+        user_state = user_state.observe(observation, *encoded_array_counts(vocabulary))
+    return user_state.select(
         *state.KEY,
-        F.size("recent").alias("length"),
+        F.lit(cutoff).alias(C.SNAPSHOT_DATE),
+        C.VOCAB_VERSION,
+        F.size("item").cast("int").alias("length"),
+        *[padded(name).alias(name) for name in ARRAYS],
         ((F.unix_micros(F.lit(cutoff_ts)) - F.unix_micros("last_ts")) / F.lit(86_400_000_000.0)).alias("recency_days"),
         F.col("n_purchases").alias("frequency"),
         F.col("monetary").cast("double").alias("monetary"),
@@ -114,31 +108,6 @@ def sequences_from_state(
         _sum_recent_days(F.col("daily"), cutoff, 7, "purchases").alias("purchases_7d"),
         _sum_recent_days(F.col("daily"), cutoff, 30, "carts").alias("carts_30d"),
         _sum_recent_days(F.col("daily"), cutoff, 30, "purchases").alias("purchases_30d"),
-        F.posexplode("recent").alias("pos", "e"),
-    ).select("*", *[F.col("e")[f.name].alias(f"e_{f.name}") for f in schemas.RECENT_EVENT.fields]).drop("e")
-    encoded = with_encoded_events(scalars, vocabulary)
-    if observation is not None:
-        encoded = encoded.observe(observation, *encoded_event_counts(encoded, vocabulary))
-    scalar_names = [
-        "length", "recency_days", "frequency", "monetary", "n_events", "n_sessions", "active_days",
-        "carts_7d", "purchases_7d", "carts_30d", "purchases_30d",
-    ]
-    grouped = encoded.repartition(partitions, *state.KEY).groupBy(*state.KEY).agg(
-        *[F.first(name).alias(name) for name in scalar_names],
-        F.array_sort(F.collect_list(F.struct("pos", *ARRAYS))).alias("_events"),
-    )
-
-    def padded(name: str) -> Column:
-        values = F.transform("_events", lambda e: e[name])
-        return F.concat(F.array_repeat(F.lit(0), F.lit(length) - F.size(values)), values)
-
-    return grouped.select(
-        *state.KEY,
-        F.lit(cutoff).alias(C.SNAPSHOT_DATE),
-        F.lit(vocabulary.version).alias(C.VOCAB_VERSION),
-        F.col("length").cast("int"),
-        *[padded(name).alias(name) for name in ARRAYS],
-        *scalar_names[1:],
         F.lit(None).cast("int").alias("label"),
         F.lit(horizon_days).alias("horizon_days"),
         split_of(F.col(C.SOURCE), F.col(C.USER_ID), validation_share=validation_share,
@@ -146,10 +115,22 @@ def sequences_from_state(
     ).select(*[f.name for f in schemas.USER_SEQUENCES.fields])
 
 
-def with_labels(sequences: DataFrame, future_events: DataFrame, *, cutoff: dt.date, horizon_days: int) -> DataFrame:
-    """Set ``label``: 1 if the user has a purchase in [cutoff, cutoff + horizon_days), else 0.
+def encoded_array_counts(vocabulary: Vocabulary) -> list[Column]:
+    """Aggregates over state rows: events, and per feature the events at the null index and in
+    the OOV buckets (the same names as ``vocab.encoded_event_counts``)."""
+    def hits(name: str, predicate) -> Column:
+        return F.sum(F.aggregate(name, F.lit(0).cast("long"), lambda acc, v: acc + predicate(v).cast("long")))
 
-    Keeps the partitioning of ``sequences`` (only the buyers are shuffled to it)."""
+    counts = [F.sum(F.size("item")).cast("long").alias("events")]
+    for column, feature in ENCODED.items():
+        k = vocabulary.oov_buckets[feature]
+        counts.append(hits(column, lambda v: v == NULL).alias(f"{feature}__null"))
+        counts.append(hits(column, lambda v: (v >= FIRST_OOV) & (v < FIRST_OOV + k)).alias(f"{feature}__oov"))
+    return counts
+
+
+def with_labels(sequences: DataFrame, future_events: DataFrame, *, cutoff: dt.date, horizon_days: int) -> DataFrame:
+    """Set ``label``: 1 if the user has a purchase in [cutoff, cutoff + horizon_days), else 0."""
     end = cutoff + dt.timedelta(days=horizon_days)
     buyers = (
         future_events.filter(
@@ -206,11 +187,18 @@ def build_snapshot(
     run_id = f"sequences-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     day_before = cutoff - dt.timedelta(days=1)
     if scoring:
-        held = state.current_state_date(spark, cfg, source)
-        if held != day_before:
+        held = state.current_state(spark, cfg, source)
+        if held is None or held.state_date != day_before:
             raise state.StateGap(
                 f"a scoring snapshot at {cutoff} needs the state of source {source!r} as of {day_before}, "
-                f"but it holds {held or 'nothing'}; run `seqlake state --source {source} --date {day_before}`"
+                f"but it holds {held.state_date if held else 'nothing'}; run "
+                f"`seqlake state --source {source} --date {day_before}`"
+            )
+        if held.vocab_version != vocabulary.version:
+            raise state.StateGap(
+                f"the state of source {source!r} is encoded with vocab_version {held.vocab_version}, the "
+                f"snapshot asks for {vocabulary.version}; run `seqlake state --source {source} --date "
+                f"{day_before} --rebuild --vocab-version {vocabulary.version}`"
             )
         user_state = tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source)
     else:
@@ -224,13 +212,15 @@ def build_snapshot(
             )
         state.require_sessionized(spark, cfg, source, day_before)
         history = state.session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) < F.lit(cutoff))
-        user_state = state.history_state(history, length=settings.length)
+        user_state = state.history_state(
+            with_encoded_tokens(history, vocabulary), length=settings.length, vocab_version=vocabulary.version
+        )
 
     observation = Observation(f"encoding-{cutoff}")
     rows = sequences_from_state(
         user_state, cutoff=cutoff, vocabulary=vocabulary, length=settings.length,
         horizon_days=settings.horizon_days, validation_share=settings.validation_share,
-        test_share=settings.test_share, partitions=settings.files_per_snapshot, observation=observation,
+        test_share=settings.test_share, observation=observation,
     )
     if not scoring:
         future = state.session_events(spark, cfg, source)
@@ -238,7 +228,8 @@ def build_snapshot(
     where = f"source = '{source}' AND snapshot_date = '{cutoff}'"
     with stage(f"sequences: snapshot {cutoff} ({'scoring' if scoring else 'training'})") as info:
         (
-            rows.write.format("delta")
+            rows.repartition(settings.files_per_snapshot, *state.KEY)
+            .write.format("delta")
             .mode("overwrite")
             .option("replaceWhere", where)
             # Petastorm reads row group by row group: a few MB each keeps its memory bounded.

@@ -11,8 +11,11 @@ Runs (``seqlake state --date D``):
 - the state holds D-1: fold in D (MERGE, only the users active on D change);
 - the state already holds D (a rerun): nothing changes;
 - the state is older than D-1: fail (exit 3), naming the first missing day;
-- ``--rebuild``: recompute from all history up to D (after a re-ingested day, or a change of
-  sequences.length).
+- ``--rebuild``: recompute from all history up to D (after a re-ingested day, a change of
+  sequences.length, or to encode with another vocabulary version: ``--vocab-version``).
+
+The per-event arrays are stored encoded with one vocabulary version (recorded per row and per
+run); a night folds the day in with that same version, so it never drifts under a refit.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ class StateResult:
     source: str
     state_date: dt.date
     mode: str
+    vocab_version: int
     events_in: int
     users_updated: int
     users_total: int
@@ -57,25 +61,32 @@ def _state_columns() -> list[str]:
     return [f.name for f in schemas.USER_STATE.fields]
 
 
-def history_state(events: DataFrame, *, length: int) -> DataFrame:
-    """The state of every user in ``events`` (session_events rows), as of their last event.
+def _field_of(name: str):
+    """A one-argument lambda for F.transform (it counts arguments: no default-argument tricks)."""
+    return lambda element: element[name]
 
-    One shuffle by user: the window's partitioning serves both aggregations and their join.
+
+def history_state(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFrame:
+    """The state of every user in ``encoded`` (session_events rows through
+    ``vocab.with_encoded_tokens``), as of their last event.
+
+    Keeps the LAST ``length`` events of each user, in (ts, event_id) order. One shuffle by
+    user: the window's partitioning serves both aggregations and their join.
     """
     by_time = Window.partitionBy(*KEY).orderBy(C.TS, C.EVENT_ID)
     whole = Window.partitionBy(*KEY)
     is_cart = F.col(C.EVENT_TYPE) == "cart"
     is_purchase = F.col(C.EVENT_TYPE) == "purchase"
+    enc = [vocab.ENC_PREFIX + name for name in vocab.ARRAYS]
     ranked = (
-        events.withColumn("prev_ts", F.lag(C.TS).over(by_time))
+        encoded.withColumn("_prev_ts", F.lag(C.TS).over(by_time))
+        .withColumn(vocab.ENC_PREFIX + "gap_bucket", vocab.gap_bucket(F.col(C.TS), F.col("_prev_ts")))
         .withColumn("_n", F.row_number().over(by_time))
         .withColumn("_total", F.count(F.lit(1)).over(whole))
         .withColumn("_last_date", F.max(C.EVENT_DATE).over(whole))
     )
-    # The position _n leads the struct so that sorting the collected list restores (ts, event_id)
-    # order; it is dropped afterwards (the 32-character event_id would double the state's size).
-    recent_event = F.struct(F.col("_n"), *[F.col(f.name) for f in schemas.RECENT_EVENT.fields])
-    recent_fields = [f.name for f in schemas.RECENT_EVENT.fields]
+    # The position _n leads the struct, so sorting the collected list restores time order.
+    recent_event = F.struct(F.col("_n"), *[F.col(c) for c in enc])
     per_user = ranked.groupBy(*KEY).agg(
         F.min(C.TS).alias("first_ts"),
         F.max(C.TS).alias("last_ts"),
@@ -85,10 +96,7 @@ def history_state(events: DataFrame, *, length: int) -> DataFrame:
         F.sum(F.when(is_purchase, F.coalesce(F.col("price").cast(_MONEY), F.lit(0).cast(_MONEY)))
               .otherwise(F.lit(0).cast(_MONEY))).cast(_MONEY).alias("monetary"),
         F.sum(F.col("is_session_start").cast("long")).alias("n_sessions"),
-        F.transform(
-            F.array_sort(F.collect_list(F.when(F.col("_n") > F.col("_total") - length, recent_event))),
-            lambda e: F.struct(*[e[name].alias(name) for name in recent_fields]),
-        ).alias("recent"),
+        F.array_sort(F.collect_list(F.when(F.col("_n") > F.col("_total") - length, recent_event))).alias("_recent"),
     )
     per_day = ranked.groupBy(*KEY, C.EVENT_DATE).agg(
         F.sum(is_cart.cast("long")).alias("carts"),
@@ -104,25 +112,44 @@ def history_state(events: DataFrame, *, length: int) -> DataFrame:
             F.collect_list(F.when(keep_day, F.struct(C.EVENT_DATE, "carts", "purchases")))
         ).alias("daily"),
     )
-    return per_user.join(days, on=KEY, how="inner").select(*_state_columns())
+    return (
+        per_user.join(days, on=KEY, how="inner")
+        .withColumn(C.VOCAB_VERSION, F.lit(vocab_version))
+        .select(
+            *[c for c in _state_columns() if c not in vocab.ARRAYS],
+            *[F.transform("_recent", _field_of(c)).alias(name) for name, c in zip(vocab.ARRAYS, enc)],
+        )
+        .select(*_state_columns())
+    )
 
 
 def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length: int) -> DataFrame:
     """Fold ``day`` (``history_state`` of one day's events) into ``old`` (the state before it).
 
     Only users active on the day come out; their rows equal ``history_state`` over all their
-    events. Relies on every event of the day being later than the state's last event.
+    events. Relies on every event of the day being later than the state's last event, and on
+    both sides being encoded with the same vocabulary version.
     """
     renamed = old.select(*KEY, *[F.col(c).alias(f"o_{c}") for c in _state_columns() if c not in KEY])
-    joined = day.join(renamed, on=KEY, how="left")
-    # The day's first event follows the user's last stored one.
-    recent_day = F.transform(
-        "recent",
-        lambda e, i: F.when(i == 0, e.withField("prev_ts", F.coalesce(e["prev_ts"], F.col("o_last_ts")))).otherwise(e),
+    # The day's first event follows the user's last stored one: its gap is from o_last_ts. It
+    # sits at position 0 of the day's arrays unless the day alone had more than `length` events.
+    # Computed as columns first: inside a lambda, `n_events` would resolve to the select's own
+    # alias of that name (a lateral column alias), not to the day's count.
+    joined = (
+        day.join(renamed, on=KEY, how="left")
+        .withColumn("_first_gap", vocab.gap_bucket(F.col("first_ts"), F.col("o_last_ts")))
+        .withColumn("_fix_first", (F.col("n_events") <= F.lit(length)) & F.col("o_last_ts").isNotNull())
     )
-    # slice(x, 1, 0): an empty array of x's type, for users new on the day.
-    everything = F.concat(F.coalesce(F.col("o_recent"), F.slice("recent", 1, 0)), recent_day)
-    first_kept = F.greatest(F.size(everything) - F.lit(length) + 1, F.lit(1))
+    first_gap, fix_first = F.col("_first_gap"), F.col("_fix_first")
+
+    def kept(name: str) -> F.Column:
+        new = F.col(name)
+        if name == "gap_bucket":
+            new = F.transform(new, lambda x, i: F.when((i == 0) & fix_first, first_gap).otherwise(x))
+        # slice(x, 1, 0): an empty array of x's type, for users new on the day.
+        everything = F.concat(F.coalesce(F.col(f"o_{name}"), F.slice(name, 1, 0)), new)
+        return F.slice(everything, F.greatest(F.size(everything) - F.lit(length) + 1, F.lit(1)), length)
+
     cutoff = day_date - dt.timedelta(days=DAILY_DAYS - 1)
     old_daily = F.filter(F.coalesce(F.col("o_daily"), F.slice("daily", 1, 0)), lambda d: d[C.EVENT_DATE] >= F.lit(cutoff))
 
@@ -140,30 +167,41 @@ def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length:
         plus("n_sessions").alias("n_sessions"),
         plus("active_days").alias("active_days"),
         F.concat(old_daily, F.col("daily")).alias("daily"),
-        F.slice(everything, first_kept, length).alias("recent"),
+        C.VOCAB_VERSION,
+        *[kept(name).alias(name) for name in vocab.ARRAYS],
     )
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def current_state_date(spark: SparkSession, cfg: Config, source: str) -> dt.date | None:
-    """The day the source's state holds events up to (the latest run that changed it)."""
-    if not tables.exists(spark, cfg, C.STATE_RUNS):
+@dataclasses.dataclass(frozen=True)
+class StateVersion:
+    """Where the state of a source stands: the last day it holds and its vocabulary version."""
+
+    state_date: dt.date
+    vocab_version: int
+
+
+def current_state(spark: SparkSession, cfg: Config, source: str) -> StateVersion | None:
+    """The source's state as left by the latest run that changed it (None: no state yet)."""
+    if not tables.exists(spark, cfg, C.STATE_RUNS) or not tables.exists(spark, cfg, C.USER_STATE):
         return None
     row = (
         tables.read(spark, cfg, C.STATE_RUNS)
         .filter((F.col(C.SOURCE) == source) & (F.col("mode") != "noop"))
         .orderBy(F.col("finished_at").desc())
-        .select(C.STATE_DATE)
+        .select(C.STATE_DATE, C.VOCAB_VERSION)
         .first()
     )
-    return row[C.STATE_DATE] if row else None
+    return StateVersion(row[C.STATE_DATE], row[C.VOCAB_VERSION]) if row else None
 
 
 def require_sessionized(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
+    """Fail when ``day`` has events that were never sessionized."""
     that_day = f"source = '{source}' AND event_date = '{day}'"
-    if tables.has_rows(spark, cfg, C.EVENTS, that_day) and not tables.has_rows(spark, cfg, C.SESSION_EVENTS, that_day):
+    # session_events first: on a normal night it has the day, and events need not be opened.
+    if not tables.has_rows(spark, cfg, C.SESSION_EVENTS, that_day) and tables.has_rows(spark, cfg, C.EVENTS, that_day):
         raise StateGap(
             f"events of source {source!r} for {day} were never sessionized; run "
             f"`seqlake sessionize --source {source} --date {day}` first"
@@ -174,19 +212,15 @@ def session_events(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
     return tables.read(spark, cfg, C.SESSION_EVENTS, schemas.SESSION_EVENTS).filter(F.col(C.SOURCE) == source)
 
 
-def record_encoding_drift(spark: SparkSession, cfg: Config, *, run_id: str, source: str, day: dt.date) -> None:
+def record_encoding_drift(
+    spark: SparkSession, cfg: Config, *, run_id: str, source: str, day: dt.date, vocabulary: vocab.Vocabulary
+) -> None:
     """run_metrics for the day: the share of its events in the null index and the OOV buckets of
-    the latest vocabulary, per feature (a catalogue drifting away from the vocabulary shows here)."""
-    version = vocab.latest_version(spark, cfg, source)
-    if version is None:
-        log.info("[state] no vocabulary for %s yet: no drift metrics for %s", source, day)
-        return
-    vocabulary = vocab.load(spark, cfg, source, version)
-    encoded = session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) == F.lit(day))
-    for column, feature in vocab.ENCODED.items():
-        encoded = vocab.encode(encoded, feature, out=f"_enc_{column}", lookup=vocabulary.lookup(feature),
-                               oov_buckets=vocabulary.oov_buckets[feature])
-    encoded = encoded.select(*[F.col(f"_enc_{c}").alias(c) for c in vocab.ENCODED])
+    the state's vocabulary, per feature (a catalogue drifting away from the vocabulary shows here)."""
+    day_events = session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) == F.lit(day))
+    encoded = vocab.with_encoded_tokens(day_events, vocabulary).select(
+        *[F.col(vocab.ENC_PREFIX + c).alias(c) for c in vocab.ENCODED]
+    )
     counts = encoded.agg(*vocab.encoded_event_counts(encoded, vocabulary)).first().asDict()
     rows = vocab.metrics_rows(run_id, C.STAGE_STATE, source, day, vocabulary, counts)
     vocab.write_metrics(spark, cfg, rows, stage_name=C.STAGE_STATE, source=source, run_date=day)
@@ -194,74 +228,101 @@ def record_encoding_drift(spark: SparkSession, cfg: Config, *, run_id: str, sour
 
 
 def update_state(
-    spark: SparkSession, cfg: Config, *, source: str, day: dt.date, rebuild: bool = False
+    spark: SparkSession,
+    cfg: Config,
+    *,
+    source: str,
+    day: dt.date,
+    rebuild: bool = False,
+    vocab_version: int | None = None,
 ) -> StateResult:
-    """Bring the state of ``source`` up to ``day`` (see the module docstring)."""
+    """Bring the state of ``source`` up to ``day`` (see the module docstring).
+
+    A bootstrap or rebuild encodes with ``vocab_version`` (default: the latest); a nightly fold
+    keeps the state's version, and refuses a different explicit one.
+    """
     run_id = f"state-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     started_at = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     length = cfg.sequences.length
-    current = current_state_date(spark, cfg, source)
-    require_sessionized(spark, cfg, source, day)
+    current = current_state(spark, cfg, source)
     path = cfg.table_path(C.USER_STATE)
-    users_updated = 0
-    if rebuild or current is None or not tables.exists(spark, cfg, C.USER_STATE):
+    users_updated = events_in = 0
+    if rebuild or current is None:
         mode = "rebuild" if rebuild else "bootstrap"
-        with stage(f"state: {mode} from all history up to {day}") as info:
+        require_sessionized(spark, cfg, source, day)
+        vocabulary = vocab.load(spark, cfg, source, vocab_version)
+        with stage(f"state: {mode} from all history up to {day} (vocab_version {vocabulary.version})") as info:
             history = session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) <= F.lit(day))
-            events_in = history.count()
-            users_updated = tables.replace_where(
-                history_state(history, length=length), cfg, C.USER_STATE, f"source = '{source}'",
-                partition_by=[C.SOURCE],
+            built = history_state(vocab.with_encoded_tokens(history, vocabulary), length=length,
+                                  vocab_version=vocabulary.version)
+            (
+                built.write.format("delta")
+                .mode("overwrite")
+                .option("replaceWhere", f"source = '{source}'")
+                .partitionBy(C.SOURCE)
+                .save(path)
             )
             # Deletion vectors: a nightly MERGE then writes the changed users' rows only,
             # instead of rewriting every file that holds one of them (all files, in practice).
-            spark.sql(
-                f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')"
-            )
-            info.update(events_in=events_in, users=users_updated)
-    elif day <= current:
-        mode, events_in = "noop", 0
-        log.info("[state] %s already holds %s (state date %s): nothing to do", source, day, current)
-    elif day == current + dt.timedelta(days=1):
+            spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
+            metrics = DeltaTable.forPath(spark, path).history(2).filter("operation = 'WRITE'").select(
+                "operationMetrics").first()[0]
+            users_updated = int(metrics.get("numOutputRows", 0))
+            info.update(users=users_updated)
+    elif day <= current.state_date:
+        mode, vocabulary = "noop", None
+        log.info("[state] %s already holds %s (state date %s): nothing to do", source, day, current.state_date)
+    elif day == current.state_date + dt.timedelta(days=1):
         mode = "incremental"
-        with stage(f"state: fold {day} into the state of {current}") as info:
+        if vocab_version is not None and vocab_version != current.vocab_version:
+            raise StateGap(
+                f"the state of source {source!r} is encoded with vocab_version {current.vocab_version}, "
+                f"not {vocab_version}; use `seqlake state --rebuild --vocab-version {vocab_version}`"
+            )
+        require_sessionized(spark, cfg, source, day)
+        vocabulary = vocab.load(spark, cfg, source, current.vocab_version)
+        with stage(f"state: fold {day} into the state of {current.state_date}") as info:
             day_events = session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) == F.lit(day))
-            events_in = day_events.count()
-            if events_in:
-                # Only the day's users' old rows take part: a broadcast semi-join streams the
-                # state once instead of shuffling every user's row into the join.
-                day_users = F.broadcast(day_events.select(*KEY).distinct())
-                old = (
-                    tables.read(spark, cfg, C.USER_STATE)
-                    .filter(F.col(C.SOURCE) == source)
-                    .join(day_users, on=KEY, how="left_semi")
-                )
-                update = combine_states(history_state(day_events, length=length), old, day_date=day, length=length)
-                target = DeltaTable.forPath(spark, path)
-                (
-                    target.alias("t")
-                    .merge(update.alias("s"), f"t.source = '{source}' AND t.source = s.source AND t.user_id = s.user_id")
-                    # A user's state never moves backwards (defence against a replayed day).
-                    .whenMatchedUpdateAll(condition="t.last_event_date < s.last_event_date")
-                    .whenNotMatchedInsertAll()
-                    .execute()
-                )
-                metrics = target.history(1).select("operationMetrics").first()[0]
-                users_updated = int(metrics.get("numTargetRowsUpdated", 0)) + int(metrics.get("numTargetRowsInserted", 0))
-            info.update(events_in=events_in, users_updated=users_updated)
+            # Only the day's users' old rows take part: a broadcast semi-join streams the state
+            # once instead of shuffling every user's row into the join.
+            day_users = F.broadcast(day_events.select(*KEY).distinct())
+            old = (
+                tables.read(spark, cfg, C.USER_STATE)
+                .filter(F.col(C.SOURCE) == source)
+                .join(day_users, on=KEY, how="left_semi")
+            )
+            day_state = history_state(vocab.with_encoded_tokens(day_events, vocabulary), length=length,
+                                      vocab_version=vocabulary.version)
+            target = DeltaTable.forPath(spark, path)
+            (
+                target.alias("t")
+                .merge(combine_states(day_state, old, day_date=day, length=length).alias("s"),
+                       f"t.source = '{source}' AND t.source = s.source AND t.user_id = s.user_id")
+                # A user's state never moves backwards (defence against a replayed day).
+                .whenMatchedUpdateAll(condition="t.last_event_date < s.last_event_date")
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+            metrics = target.history(1).select("operationMetrics").first()[0]
+            users_updated = int(metrics.get("numTargetRowsUpdated", 0)) + int(metrics.get("numTargetRowsInserted", 0))
+            info.update(users_updated=users_updated)
     else:
-        missing = current + dt.timedelta(days=1)
+        missing = current.state_date + dt.timedelta(days=1)
         raise StateGap(
-            f"the state of source {source!r} holds events up to {current}; run "
+            f"the state of source {source!r} holds events up to {current.state_date}; run "
             f"`seqlake state --source {source} --date {missing}` (and the days after it) first, "
             f"or `--rebuild`"
         )
-    if mode != "noop":
-        record_encoding_drift(spark, cfg, run_id=run_id, source=source, day=day)
+    if vocabulary is not None:
+        events_in = session_events(spark, cfg, source).filter(
+            F.col(C.EVENT_DATE) <= F.lit(day) if mode != "incremental" else F.col(C.EVENT_DATE) == F.lit(day)
+        ).count()
+        record_encoding_drift(spark, cfg, run_id=run_id, source=source, day=day, vocabulary=vocabulary)
     users_total = tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source).count()
-    state_date = day if mode != "noop" else current
-    result = StateResult(run_id, source, state_date, mode, events_in, users_updated, users_total)
-    row = (run_id, source, state_date, mode, events_in, users_updated, users_total, started_at,
+    state_date = day if mode != "noop" else current.state_date
+    version = vocabulary.version if vocabulary is not None else current.vocab_version
+    result = StateResult(run_id, source, state_date, mode, version, events_in, users_updated, users_total)
+    row = (run_id, source, state_date, mode, version, events_in, users_updated, users_total, started_at,
            dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
     tables.append(spark.createDataFrame([row], schemas.STATE_RUNS), cfg, C.STATE_RUNS)
     return result

@@ -36,6 +36,9 @@ from seqlake.progress import log
 
 # Encoded columns (user_sequences arrays) and the vocabulary feature behind each.
 ENCODED = {"event_type": "event_type", "item": "item_id", "category": "category_id", "brand": "brand"}
+# Every per-event array of user_state and user_sequences, in order.
+ARRAYS = ("event_type", "item", "category", "brand", "price_bucket", "gap_bucket", "session_start")
+ENC_PREFIX = "enc_"
 
 PAD = 0
 NULL = 1
@@ -144,6 +147,18 @@ def encoded_event_counts(encoded: DataFrame, vocabulary: Vocabulary) -> list[Col
         metrics.append(F.sum(((F.col(column) >= FIRST_OOV) & (F.col(column) < FIRST_OOV + k)).cast("long"))
                        .alias(f"{feature}__oov"))
     return metrics
+
+
+def with_encoded_tokens(events: DataFrame, vocabulary: "Vocabulary") -> DataFrame:
+    """Add ``enc_<array>`` for every array but gap_bucket (it needs the user's previous event):
+    the four vocabulary features, the price bucket and the session-start flag."""
+    out = events
+    for column, feature in ENCODED.items():
+        out = encode(out, feature, out=ENC_PREFIX + column, lookup=vocabulary.lookup(feature),
+                     oov_buckets=vocabulary.oov_buckets[feature])
+    return out.withColumn(ENC_PREFIX + "price_bucket", price_bucket(F.col("price"))).withColumn(
+        ENC_PREFIX + "session_start", F.col("is_session_start").cast("int")
+    )
 
 
 # --------------------------------------------------------------------------- versions

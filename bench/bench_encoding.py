@@ -7,7 +7,7 @@ and sessionized first when its lake is missing, untimed), each in a fresh JVM on
   2. ``vocab fit`` on the first three weeks;
   3. one training snapshot (all history before the cutoff, labels, 50-event arrays);
   4. one nightly ``state`` update (the last day folded into the state of the day before; the
-     bootstrap it needs is run first and not timed).
+     rebuild it needs is run first, after the fit, and not timed).
 It prints events per second, snapshot / lower bound (target <= 2.0), nightly update / snapshot
 (target < 0.20), and the peak resident memory of each driver (target < 2 GB), and writes
 bench/results/encoding-<time>.{json,md}.
@@ -27,7 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ingest_sessionize import REPO, RESULTS, bench_settings, child, generate_once, jvm_peak_rss_mb  # noqa: E402
+from bench_ingest_sessionize import (  # noqa: E402
+    REPO, bench_settings, child, generate_once, jvm_peak_rss_mb, save_results,
+)
 
 SOURCE = "generator"
 
@@ -52,6 +54,9 @@ def run_job(job: str, work: Path, date_from: str, date_to: str, driver_memory: s
         if not tables.has_rows(spark, cfg, C.SESSION_EVENTS, f"event_date = '{last}'"):
             ingest(spark, cfg, load_source(cfg.ingest.sources_dir, SOURCE), window_start=first, window_end=last)
             sessionize(spark, cfg, source=SOURCE, date_from=first, date_to=last)
+    if job == "state_base":
+        from seqlake.state import update_state
+
         update_state(spark, cfg, source=SOURCE, day=last - dt.timedelta(days=1), rebuild=True)
     start = time.monotonic()
     if job == "lower_bound":
@@ -115,13 +120,16 @@ def main() -> None:
     span = (gen["first_date"], gen["last_date"])
     for table in ("vocab", "vocab_versions", "user_sequences", "user_state", "state_runs", "run_metrics"):
         subprocess.run(["rm", "-rf", str(work / "lake" / table)], check=True)
-    print("== prepare (untimed): ingest + sessionize when missing, state of the day before the last", flush=True)
+    print("== prepare (untimed): ingest + sessionize when missing", flush=True)
     child("prepare", work, *span, args.driver_memory, script=__file__)
     measured = {}
-    for job in ("lower_bound", "vocab", "snapshot", "nightly"):
-        print(f"== {job}", flush=True)
-        measured[job] = child(job, work, *span, args.driver_memory, script=__file__)
-        print(f"   {measured[job]}", flush=True)
+    for job in ("lower_bound", "vocab", "state_base", "snapshot", "nightly"):
+        print(f"== {job}" + (" (untimed: the state of the day before the last)" if job == "state_base" else ""),
+              flush=True)
+        result = child(job, work, *span, args.driver_memory, script=__file__)
+        if job != "state_base":
+            measured[job] = result
+        print(f"   {result}", flush=True)
 
     cutoff = dt.date.fromisoformat(measured["snapshot"]["cutoff"])
     snapshot_events = events_before(work, cutoff)
@@ -149,12 +157,7 @@ def main() -> None:
         f"{row['nightly_s']:.1f} | {eps} | {row['snapshot_ratio_to_lower_bound']:.2f} | "
         f"{row['nightly_share_of_snapshot']:.2f} | {row['jvm_peak_rss_mb']:.0f} | {row['python_driver_peak_rss_mb']:.0f} |",
     ])
-    print(table)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    (RESULTS / f"encoding-{stamp}.json").write_text(json.dumps(row, indent=2))
-    (RESULTS / f"encoding-{stamp}.md").write_text(table + "\n")
-    print(f"results: {RESULTS}/encoding-{stamp}.json")
+    save_results("encoding", row, table)
 
 
 if __name__ == "__main__":

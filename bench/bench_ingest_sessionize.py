@@ -181,13 +181,17 @@ def main() -> None:
             f"{r['ratio_to_lower_bound']:.2f} | {r['jvm_peak_rss_mb']:.0f} | {r['python_driver_peak_rss_mb']:.0f} | "
             f"{r['balanced']} |"
         )
-    table = "\n".join(lines)
+    save_results("ingest_sessionize", rows, "\n".join(lines))
+
+
+def save_results(name: str, data, table: str) -> None:
+    """Print the table and keep it with the raw figures in bench/results/<name>-<time>.{json,md}."""
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    (RESULTS / f"ingest_sessionize-{stamp}.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / f"ingest_sessionize-{stamp}.md").write_text(table + "\n")
-    print(f"results: {RESULTS}/ingest_sessionize-{stamp}.json")
+    (RESULTS / f"{name}-{stamp}.json").write_text(json.dumps(data, indent=2))
+    (RESULTS / f"{name}-{stamp}.md").write_text(table + "\n")
+    print(f"results: {RESULTS}/{name}-{stamp}.json")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,10 @@ def test_scoring_from_state_encodes_like_training(spark, tmp_path):
     vocab.fit(spark, cfg, source=SOURCE, fit_from=D1, fit_to=D3)
     sequences.build_snapshot(spark, cfg, source=SOURCE, cutoff=D3, vocabulary=v1, scoring=True)
     assert snapshot_rows(spark, cfg, D3, drop=["label"]) == training
+    # A model of the new version cannot score from a state encoded with version 1.
+    with pytest.raises(state.StateGap, match="--rebuild --vocab-version 2"):
+        sequences.build_snapshot(spark, cfg, source=SOURCE, cutoff=D3, vocabulary=vocab.load(spark, cfg, SOURCE),
+                                 scoring=True)
     assert {r["label"] for r in tables.read(spark, cfg, C.USER_SEQUENCES).collect()} == {None}
 
 

@@ -1,4 +1,4 @@
-"""Per-user state: running aggregates and the last N raw events, updated nightly by MERGE.
+"""Per-user state: running aggregates and the last N encoded events, updated nightly by MERGE.
 
 A user's state row (``schemas.USER_STATE``) is a pure function of the user's events up to its
 last one: ``history_state`` computes it in one pass over any set of days, and ``combine_states``

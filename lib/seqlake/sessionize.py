@@ -249,12 +249,18 @@ def _date_range_sql(column: str, start: dt.date, end: dt.date) -> str:
     return f"{column} >= '{start}' AND {column} <= '{end}'"
 
 
+def never_sessionized(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> bool:
+    """Whether ``day`` has events of ``source`` that were never sessionized."""
+    that_day = f"source = '{source}' AND event_date = '{day}'"
+    # session_events first: on a normal night it has the day, and events need not be opened.
+    return not tables.has_rows(spark, cfg, C.SESSION_EVENTS, that_day) and tables.has_rows(
+        spark, cfg, C.EVENTS, that_day
+    )
+
+
 def check_previous_day(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
     """Fail when events exist for ``day`` but were never sessionized (a skipped night)."""
-    that_day = f"source = '{source}' AND event_date = '{day}'"
-    if tables.has_rows(spark, cfg, C.EVENTS, that_day) and not tables.has_rows(
-        spark, cfg, C.SESSION_EVENTS, that_day
-    ):
+    if never_sessionized(spark, cfg, source, day):
         raise MissingPreviousDay(
             f"events of source {source!r} for {day} were never sessionized; run "
             f"`seqlake sessionize --source {source} --date {day}` first, or sessionize a range with --from/--to"

@@ -32,6 +32,7 @@ from seqlake import constants as C
 from seqlake import schemas, tables, vocab
 from seqlake.config import Config
 from seqlake.progress import log, stage
+from seqlake.sessionize import never_sessionized
 
 KEY = [C.SOURCE, C.USER_ID]
 DAILY_DAYS = 30  # days of cart/purchase counts kept: enough for the 30-day features
@@ -199,9 +200,7 @@ def current_state(spark: SparkSession, cfg: Config, source: str) -> StateVersion
 
 def require_sessionized(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
     """Fail when ``day`` has events that were never sessionized."""
-    that_day = f"source = '{source}' AND event_date = '{day}'"
-    # session_events first: on a normal night it has the day, and events need not be opened.
-    if not tables.has_rows(spark, cfg, C.SESSION_EVENTS, that_day) and tables.has_rows(spark, cfg, C.EVENTS, that_day):
+    if never_sessionized(spark, cfg, source, day):
         raise StateGap(
             f"events of source {source!r} for {day} were never sessionized; run "
             f"`seqlake sessionize --source {source} --date {day}` first"

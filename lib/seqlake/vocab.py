@@ -221,10 +221,11 @@ def load(spark: SparkSession, cfg: Config, source: str, version: int | None = No
 
 
 def fit_feature(
-    events: DataFrame, previous: DataFrame, *, feature: str, settings: VocabFeatureConfig
+    events: DataFrame, previous: DataFrame, *, feature: str, settings: VocabFeatureConfig, size_before: int
 ) -> DataFrame:
     """One feature's next vocabulary (token, index, count, first_seen) from ``events`` (the fit
-    window) and ``previous`` (the feature's rows of the latest version; may be empty).
+    window) and ``previous`` (the feature's rows of the latest version, ``size_before`` of them;
+    may be empty).
 
     Existing tokens keep their index; new ones are appended, most frequent first.
     """
@@ -242,7 +243,6 @@ def fit_feature(
         F.least(F.col("prev_first_seen"), F.coalesce("seen", F.col("prev_first_seen"))).alias("first_seen"),
     )
     first_new = FIRST_OOV + settings.oov_buckets
-    size_before = previous.count()
     room = max(settings.max_size - size_before, 0)
     # A distributed top-`room` first; then one partition numbers at most `room` (<= max_size)
     # rows, on purpose (conf/log4j2.properties quiets Spark's warning about it).
@@ -291,13 +291,13 @@ def fit(
                 if previous is not None
                 else spark.createDataFrame([], schemas.VOCAB)
             )
-            fitted = fit_feature(events, prev_rows, feature=feature, settings=settings).persist()
+            before = prev_rows.count()
+            fitted = fit_feature(events, prev_rows, feature=feature, settings=settings, size_before=before).persist()
             cached.append(fitted)
             stats = fitted.agg(
                 F.count(F.lit(1)).alias("tokens"), F.max("index").alias("max_index")
             ).first()
             tokens = stats["tokens"]
-            before = prev_rows.count()
             cardinality = (stats["max_index"] + 1) if stats["max_index"] is not None else FIRST_OOV + settings.oov_buckets
             parts.append(fitted.select(
                 F.lit(source).alias("source"), F.lit(version).alias("vocab_version"),

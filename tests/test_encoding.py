@@ -254,8 +254,9 @@ def test_daily_state_equals_one_shot_and_reruns_change_nothing(spark, tmp_path):
     assert metrics.count() == days - 4
     assert metrics.filter(f"run_date = '{last}'").first()["oov_share"] > 0
 
-    # A scoring snapshot from this state is laid out for Petastorm: files_per_snapshot Parquet
-    # files, each readable by pyarrow alone, arrays of int32 of the configured length.
+    # A scoring snapshot from this state is laid out for Petastorm: up to files_per_snapshot
+    # Parquet files per split partition, each readable by pyarrow alone, arrays of int32 of the
+    # configured length.
     import urllib.parse
 
     import pyarrow.parquet as pq
@@ -264,7 +265,10 @@ def test_daily_state_equals_one_shot_and_reruns_change_nothing(spark, tmp_path):
     cutoff = last + dt.timedelta(days=1)
     result = sequences.build_snapshot(spark, cfg, source=SOURCE, cutoff=cutoff, vocabulary=v, scoring=True)
     files = (tables.read(spark, cfg, C.USER_SEQUENCES).filter(f"snapshot_date = '{cutoff}'").inputFiles())
-    assert len(files) == cfg.sequences.files_per_snapshot
+    by_split = {s: [f for f in files if f"/split={s}/" in f] for s in ("train", "validation", "test")}
+    assert sum(map(len, by_split.values())) == len(files)
+    assert len(by_split["train"]) == cfg.sequences.files_per_snapshot
+    assert all(1 <= len(f) <= cfg.sequences.files_per_snapshot for f in by_split.values())
     rows = 0
     for uri in files:
         table = pq.read_table(urllib.parse.urlparse(uri).path)

@@ -141,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vocabulary version to encode with on bootstrap/--rebuild (default: the latest); "
                           "a nightly fold keeps the state's version")
 
+    trn = sub.add_parser(
+        "train",
+        help="train the propensity model, compare with baselines, register it in MLflow",
+        description=(
+            "Train on the train split of the labelled user_sequences snapshots (training.cutoffs, or "
+            "every labelled snapshot of the latest vocab version), stop early on the validation "
+            "split's AUC-PR, and evaluate the model, logistic regression, gradient-boosted trees and "
+            "a recency heuristic on the test split of the latest snapshot. One MLflow run holds the "
+            "config, per-epoch and test metrics, ROC / precision-recall / calibration / lift plots and "
+            "the model, registered as mlflow.registered_model; the alias `champion` moves to it only if "
+            "it beats the current champion on the same test split by mlflow.promotion_margin. "
+            "Petastorm feeds TensorFlow; every read is checked against the table's row count."
+        ),
+    )
+    trn.add_argument("--source", help="source name; default: the config's `source`")
+    trn.add_argument("--workers", type=int,
+                     help="TensorFlow workers (default: training.workers); more than 1 runs them as a Spark "
+                          "barrier stage with MultiWorkerMirroredStrategy")
+
     sql = sub.add_parser(
         "sql",
         help="run a SQL query over the lake's tables",
@@ -355,6 +374,36 @@ def cmd_state(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import dataset, train
+
+    source = args.source or cfg.source
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers: expected an integer >= 1")
+    workers = args.workers or cfg.training.workers
+    if cfg.training.batch_size % workers:
+        raise ConfigError(f"--workers {workers}: training.batch_size {cfg.training.batch_size} must be a multiple of it")
+
+    def work(spark) -> int:
+        try:
+            r = train.train(spark, cfg, source=source, workers=workers)
+        except (dataset.NoTrainingData, dataset.RowCountMismatch) as exc:
+            print(f"seqlake train: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        print(f"train {source}: {cfg.model.type}, vocab_version {r.data.vocab_version}, "
+              f"{r.data.train.rows:,} training rows, best epoch {r.best_epoch} of {r.epochs_run}; "
+              f"test split at {r.data.eval_cutoff} ({r.data.test.rows:,} users):")
+        for name, m in r.test_metrics.items():
+            print(f"  {name:<20} " + "  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        print(f"  model version {r.model_version} of {cfg.mlflow.registered_model}: "
+              f"{'PROMOTED to champion' if r.promoted else 'not promoted'} ({r.reason})\n"
+              f"  MLflow run {r.run_id} in {cfg.mlflow_tracking_uri()} (experiment {cfg.mlflow.experiment}); "
+              f"artifacts under {cfg.mlflow_artifact_root()}")
+        return 0
+
+    return _with_spark(cfg, work)
+
+
 def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
     def work(spark) -> int:
         from seqlake import tables
@@ -370,7 +419,7 @@ def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "vocab": cmd_vocab,
-    "sequences": cmd_sequences, "state": cmd_state, "sql": cmd_sql,
+    "sequences": cmd_sequences, "state": cmd_state, "train": cmd_train, "sql": cmd_sql,
 }
 
 

@@ -149,6 +149,61 @@ class SequencesConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    # lstm: embeddings -> LSTM stack; transformer: embeddings + positions -> self-attention.
+    type: str = "lstm"
+    # Embedding width of item ids, and of every other sequence feature.
+    item_embedding_dim: int = 32
+    embedding_dim: int = 8
+    lstm_units: tuple[int, ...] = (64,)
+    dropout: float = 0.2
+    dense_units: tuple[int, ...] = (32,)
+    transformer_dim: int = 32
+    transformer_heads: int = 2
+    transformer_layers: int = 1
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    # Training snapshots (ISO cutoffs); empty: every labelled snapshot of the source that is
+    # encoded with the latest vocab version. Validation and test use the latest of them.
+    cutoffs: tuple[str, ...] = ()
+    # Global batch: split evenly over the workers.
+    batch_size: int = 256
+    epochs: int = 20
+    # Early stopping: epochs without a better validation AUC-PR.
+    patience: int = 3
+    learning_rate: float = 0.002
+    # class_weight (balanced weights, output bias corrected afterwards so propensities stay
+    # probabilities), focal (focal loss), or none.
+    imbalance: str = "class_weight"
+    focal_gamma: float = 2.0
+    seed: int = 42
+    # TensorFlow workers; more than 1 runs them as a Spark barrier stage (MultiWorkerMirrored).
+    workers: int = 1
+    # Petastorm reader pool: dummy (in the calling thread: deterministic order), thread, process.
+    reader_pool: str = "dummy"
+    reader_workers: int = 2
+    # Spark ML gradient-boosted trees baseline.
+    gbt_max_iter: int = 50
+    gbt_max_depth: int = 5
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    # Empty: sqlite under <lake.root>/_mlflow (local lakes only); a server URI on a cluster.
+    tracking_uri: str = ""
+    # Empty: <lake.root>/_mlflow/artifacts.
+    artifact_root: str = ""
+    experiment: str = "seqlake_propensity"
+    registered_model: str = "seqlake_propensity"
+    # The alias `champion` moves to a new version only if its test metric beats the
+    # champion's on the same test split by more than the margin.
+    promotion_metric: str = "auc_pr"
+    promotion_margin: float = 0.0
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -160,12 +215,25 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
     sequences: SequencesConfig = field(default_factory=SequencesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
 
     def table_path(self, table: str) -> str:
         return join_path(self.lake.root, table)
+
+    def mlflow_tracking_uri(self) -> str:
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        if _URI.match(self.lake.root):
+            raise ConfigError("mlflow.tracking_uri: required when lake.root is not a local path")
+        return f"sqlite:///{join_path(self.lake.root, '_mlflow', 'mlflow.db')}"
+
+    def mlflow_artifact_root(self) -> str:
+        return self.mlflow.artifact_root or join_path(self.lake.root, "_mlflow", "artifacts")
 
     def landing_path(self, source: str, date: dt.date) -> str:
         return join_path(self.lake.landing_root, "raw", source, f"dt={date.isoformat()}")
@@ -246,12 +314,40 @@ def _validate(cfg: Config) -> None:
          "sequences.validation_share/test_share: expected non-negative shares summing to less than 1"),
         (cfg.sequences.files_per_snapshot >= 1, "sequences.files_per_snapshot: expected an integer >= 1"),
         (cfg.sequences.row_group_mb >= 1, "sequences.row_group_mb: expected an integer >= 1"),
+        (cfg.model.type in ("lstm", "transformer"), "model.type: expected 'lstm' or 'transformer'"),
+        (cfg.model.item_embedding_dim >= 1 and cfg.model.embedding_dim >= 1,
+         "model.item_embedding_dim/embedding_dim: expected integers >= 1"),
+        (len(cfg.model.lstm_units) >= 1 and all(u >= 1 for u in cfg.model.lstm_units),
+         "model.lstm_units: expected a non-empty list of integers >= 1"),
+        (all(u >= 1 for u in cfg.model.dense_units), "model.dense_units: expected a list of integers >= 1"),
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout: expected a share in [0, 1)"),
+        (cfg.model.transformer_dim >= 1 and cfg.model.transformer_heads >= 1 and cfg.model.transformer_layers >= 1,
+         "model.transformer_dim/heads/layers: expected integers >= 1"),
+        (cfg.training.batch_size >= 1, "training.batch_size: expected an integer >= 1"),
+        (cfg.training.epochs >= 1, "training.epochs: expected an integer >= 1"),
+        (cfg.training.patience >= 1, "training.patience: expected an integer >= 1"),
+        (cfg.training.learning_rate > 0, "training.learning_rate: expected a number > 0"),
+        (cfg.training.imbalance in ("class_weight", "focal", "none"),
+         "training.imbalance: expected 'class_weight', 'focal' or 'none'"),
+        (cfg.training.workers >= 1, "training.workers: expected an integer >= 1"),
+        (cfg.training.batch_size % cfg.training.workers == 0,
+         "training.batch_size: expected a multiple of training.workers (the batch is split evenly)"),
+        (cfg.training.reader_pool in ("dummy", "thread", "process"),
+         "training.reader_pool: expected 'dummy', 'thread' or 'process'"),
+        (cfg.training.reader_workers >= 1, "training.reader_workers: expected an integer >= 1"),
+        (cfg.training.gbt_max_iter >= 1 and cfg.training.gbt_max_depth >= 1,
+         "training.gbt_max_iter/gbt_max_depth: expected integers >= 1"),
+        (cfg.mlflow.promotion_metric in ("auc_pr", "auc_roc", "lift_top_decile"),
+         "mlflow.promotion_metric: expected 'auc_pr', 'auc_roc' or 'lift_top_decile'"),
+        (cfg.mlflow.promotion_margin >= 0, "mlflow.promotion_margin: expected a number >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     for i, value in enumerate(cfg.sequences.cutoffs):
         parse_date(value, f"sequences.cutoffs[{i}]")
+    for i, value in enumerate(cfg.training.cutoffs):
+        parse_date(value, f"training.cutoffs[{i}]")
 
 
 # --------------------------------------------------------------------------- loading
@@ -378,7 +474,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(str(v) for v in value)
+        element = typing.get_args(tp)[0]
+        return tuple(_coerce(element, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         raise ConfigError(f"{key}: unsupported optional type")  # not used; keeps types simple
     raise ConfigError(f"{key}: unsupported setting type {_type_name(tp)}")

@@ -10,6 +10,10 @@ with at least one event before C:
 - the label: 1 if the user purchases in [C, C + horizon_days), null for scoring snapshots;
 - a split (train / validation / test) by a hash of (source, user_id), the same at every cutoff.
 
+The table is partitioned by (source, snapshot_date, split), with up to
+``sequences.files_per_snapshot`` Parquet files per split, so Petastorm readers of one split
+(``dataset.py``) list exactly that split's files and can shard them over training workers.
+
 Nothing at or after C enters an input column: training snapshots build the user state from
 events with event_date < C only, and scoring snapshots read the nightly ``user_state`` as of
 C - 1. Both go through ``sequences_from_state``, so they encode identically.
@@ -234,7 +238,8 @@ def build_snapshot(
             .option("replaceWhere", where)
             # Petastorm reads row group by row group: a few MB each keeps its memory bounded.
             .option("parquet.block.size", settings.row_group_mb * 1024 * 1024)
-            .partitionBy(C.SOURCE, C.SNAPSHOT_DATE)
+            # split as a partition: a training reader lists exactly its split's files.
+            .partitionBy(C.SOURCE, C.SNAPSHOT_DATE, "split")
             .save(cfg.table_path(C.USER_SEQUENCES))
         )
         written = tables.read(spark, cfg, C.USER_SEQUENCES).filter(where)

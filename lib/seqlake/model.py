@@ -1,0 +1,114 @@
+"""The purchase-propensity model (Keras 3 Functional API).
+
+Inputs (names are the ``user_sequences`` columns): one int32 ``(length,)`` array per sequence
+feature, left-padded with 0, and ``aggregates`` float32 ``(len(dataset.AGGREGATES),)`` raw.
+
+* Every categorical sequence feature gets its own ``Embedding(mask_zero=True)`` sized from the
+  vocab version (``dataset.input_dims``); ``session_start`` (0/1, so 0 is not padding) gets an
+  unmasked one. Concatenated, the masks combine: padding is skipped.
+* ``model.type: lstm``: a stack of LSTMs; ``transformer``: learned positions and self-attention
+  blocks, pooled as the masked mean plus the newest event.
+* Aggregates go through log1p and a ``Normalization`` fixed to the training rows' moments, so
+  the model carries its own preprocessing: scoring feeds raw table columns.
+* Dense layers, then the ``logit`` unit and a sigmoid ``propensity``. With class weights the
+  logit's bias is corrected after training (``correct_prior``) so outputs are probabilities.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from seqlake.config import ModelConfig
+from seqlake.dataset import AGGREGATES, SEQUENCES
+
+UNMASKED = ("session_start",)
+
+
+def build_model(
+    settings: ModelConfig,
+    *,
+    length: int,
+    input_dims: dict[str, int],
+    aggregate_mean: Sequence[float],
+    aggregate_variance: Sequence[float],
+):
+    import keras
+    from keras import layers, ops
+
+    inputs = {name: keras.Input((length,), dtype="int32", name=name) for name in SEQUENCES}
+    inputs["aggregates"] = keras.Input((len(AGGREGATES),), dtype="float32", name="aggregates")
+
+    embedded = []
+    for name in SEQUENCES:
+        width = settings.item_embedding_dim if name == "item" else settings.embedding_dim
+        masked = name not in UNMASKED
+        embedded.append(layers.Embedding(input_dims[name], width if masked else 2, mask_zero=masked,
+                                         name=f"embed_{name}")(inputs[name]))
+    x = layers.Concatenate(name="events")(embedded)
+    x = layers.Dropout(settings.dropout, name="events_dropout")(x)
+
+    if settings.type == "lstm":
+        for i, units in enumerate(settings.lstm_units):
+            last = i == len(settings.lstm_units) - 1
+            x = layers.LSTM(units, return_sequences=not last, name=f"lstm_{i}")(x)
+        sequence = x
+    else:
+        sequence = _transformer(settings, x, inputs["item"], length)
+
+    aggregates = ops.log1p(ops.maximum(inputs["aggregates"], 0.0))
+    aggregates = layers.Normalization(mean=list(aggregate_mean), variance=list(aggregate_variance),
+                                      name="aggregates_normalised")(aggregates)
+    h = layers.Concatenate(name="joined")([sequence, aggregates])
+    for i, units in enumerate(settings.dense_units):
+        h = layers.Dense(units, activation="relu", name=f"dense_{i}")(h)
+        h = layers.Dropout(settings.dropout, name=f"dense_{i}_dropout")(h)
+    logit = layers.Dense(1, name="logit")(h)
+    propensity = layers.Activation("sigmoid", name="propensity")(logit)
+    return keras.Model(inputs, propensity, name=f"seqlake_{settings.type}")
+
+
+def _transformer(settings: ModelConfig, x, item, length: int):
+    from keras import layers, ops
+
+    d = settings.transformer_dim
+    x = layers.Dense(d, name="project")(x)
+    positions = layers.Embedding(length, d, name="positions")(ops.arange(length))
+    x = x + positions[None, :, :]
+    present = ops.cast(ops.not_equal(item, 0), "float32")  # 1 for events, 0 for padding
+    attend = ops.cast(present[:, None, :], "bool")
+    for i in range(settings.transformer_layers):
+        attended = layers.MultiHeadAttention(settings.transformer_heads, d // settings.transformer_heads or 1,
+                                             dropout=settings.dropout, name=f"attention_{i}")(
+            x, x, attention_mask=attend)
+        x = layers.LayerNormalization(name=f"attention_norm_{i}")(x + attended)
+        ff = layers.Dense(2 * d, activation="relu", name=f"ff_{i}_in")(x)
+        ff = layers.Dense(d, name=f"ff_{i}_out")(ff)
+        x = layers.LayerNormalization(name=f"ff_norm_{i}")(x + ff)
+    mean = ops.sum(x * present[:, :, None], axis=1) / ops.maximum(ops.sum(present, axis=1, keepdims=True), 1.0)
+    newest = x[:, -1, :]  # left padding: the last position is the newest event
+    return layers.Concatenate(name="pooled")([mean, newest])
+
+
+def correct_prior(model, positive_weight: float, negative_weight: float) -> None:
+    """Undo class weighting in the output: a loss weighting positives by w1 and negatives by w0
+    is minimised by odds w1/w0 times the true odds, so subtract log(w1/w0) from the logit bias."""
+    layer = model.get_layer("logit")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias - math.log(positive_weight / negative_weight)])
+
+
+def embedding_sizes(model) -> dict[str, int]:
+    """Input sizes of the model's sequence embeddings (to clip newer vocab indices)."""
+    return {name: model.get_layer(f"embed_{name}").input_dim for name in SEQUENCES}
+
+
+def clip_to_model(batch: dict, sizes: dict[str, int]) -> dict:
+    """Indices a model's vocabulary does not know (appended by a later vocab version) become 1,
+    the unknown index; earlier indices are stable across versions, so nothing else changes."""
+    import numpy as np
+
+    out = dict(batch)
+    for name, size in sizes.items():
+        if name in out:
+            out[name] = np.where(out[name] >= size, 1, out[name]).astype(np.int32)
+    return out

@@ -1,0 +1,176 @@
+"""``seqlake train``: one MLflow run that trains, evaluates against baselines, registers the
+model and applies the promotion gate.
+
+1. ``dataset.select``: train split of the training snapshots, validation and test splits of the
+   latest one, one vocab version; the run records it (and the vocab version as a tag).
+2. ``training.fit`` in this process (one worker) or ``distributed.fit`` (N workers in a Spark
+   barrier stage); per-epoch metrics are logged by this process or the chief worker.
+3. The model and every baseline (``baselines``) are scored on the same test rows; metrics and
+   plots (``evaluation``) go to the run.
+4. The model is logged with a signature and pinned pip requirements and registered as
+   ``mlflow.registered_model``.
+5. Promotion gate: the alias ``champion`` moves to the new version only if its test metric
+   (``mlflow.promotion_metric``) beats the current champion's, scored now on the same test
+   rows, by more than ``mlflow.promotion_margin``. The decision and its reason are run tags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyspark.sql.functions as F
+from pyspark.sql import SparkSession
+
+from seqlake import baselines, dataset, evaluation, tables, tracking, training
+from seqlake import constants as C
+from seqlake.config import Config
+from seqlake.progress import log, stage
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    model_version: str
+    promoted: bool
+    reason: str
+    test_metrics: dict[str, dict[str, float]]  # scorer -> metric -> value
+    best_epoch: int
+    epochs_run: int
+    data: dataset.TrainingData
+    samples_per_second: float
+
+
+def _epoch_logger(run_id: str):
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+
+    def log_epoch(epoch: int, record: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in record.items()])
+
+    return log_epoch
+
+
+def promote(cfg: Config, data: dataset.TrainingData, version: str, candidate: dict[str, float]) -> tuple[bool, str, float | None]:
+    """Apply the gate; (promoted, reason, champion's metric on this test split)."""
+    import mlflow.tensorflow
+    from mlflow import MlflowClient
+
+    from seqlake.model import embedding_sizes
+
+    client = MlflowClient()
+    name, metric, margin = cfg.mlflow.registered_model, cfg.mlflow.promotion_metric, cfg.mlflow.promotion_margin
+    current = tracking.champion_version(cfg)
+    if current is None:
+        client.set_registered_model_alias(name, tracking.CHAMPION, version)
+        return True, f"no champion yet: version {version} becomes champion", None
+    champion = mlflow.tensorflow.load_model(f"models:/{name}/{current.version}")
+    # Scored now, on the same test rows; indices a champion of an older vocab version does not
+    # know become 1 (unknown): earlier indices are stable across versions.
+    y, p = training.predict(champion, data.test, cfg, sizes=embedding_sizes(champion))
+    theirs = evaluation.metrics(y, p)[metric]
+    ours = candidate[metric]
+    where = f"test split of {data.source} at {data.eval_cutoff} ({data.test.rows:,} users)"
+    if ours > theirs + margin:
+        client.set_registered_model_alias(name, tracking.CHAMPION, version)
+        return True, (f"version {version} {metric} {ours:.4f} beats champion version {current.version}'s "
+                      f"{theirs:.4f} by more than {margin} on the {where}"), theirs
+    return False, (f"version {version} {metric} {ours:.4f} does not beat champion version {current.version}'s "
+                   f"{theirs:.4f} by more than {margin} on the {where}; champion stays"), theirs
+
+
+def train(spark: SparkSession, cfg: Config, *, source: str, workers: int | None = None) -> TrainResult:
+    import mlflow
+    import mlflow.tensorflow
+    from mlflow.models import infer_signature
+
+    workers = workers or cfg.training.workers
+    with stage("train: select snapshots") as info:
+        data = dataset.select(spark, cfg, source)
+        info.update(**{k: v for k, v in data.describe().items() if k.endswith("_rows")})
+    experiment_id = tracking.setup(cfg)
+    run_name = f"{cfg.model.type}-{source}-{data.eval_cutoff}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        run_id = run.info.run_id
+        params = tracking.flat_params(cfg)
+        params.update({f"data.{k}": str(v) for k, v in data.describe().items()})
+        params["training.workers"] = str(workers)
+        mlflow.log_params(params)
+        mlflow.set_tags({"source": source, "vocab_version": str(data.vocab_version), "model_type": cfg.model.type})
+
+        with stage(f"train: fit ({workers} worker{'s' if workers > 1 else ''})") as info:
+            if workers == 1:
+                fitted = training.fit(cfg, data, on_epoch=_epoch_logger(run_id))
+            else:
+                from seqlake import distributed
+
+                fitted = distributed.fit(spark, cfg, data, workers=workers, run_id=run_id)
+            info.update(epochs=len(fitted.history), best_epoch=fitted.best_epoch,
+                        samples_per_second=round(fitted.samples_per_second))
+        model = training.model_from(cfg, data, fitted)
+
+        with stage("train: evaluate model and baselines on the test split") as info:
+            y, p = training.predict(model, data.test, cfg)
+            rows = tables.read(spark, cfg, C.USER_SEQUENCES).filter(F.col(C.SOURCE) == source)
+            train_rows = rows.filter((F.col("split") == "train") & F.col(C.SNAPSHOT_DATE).isin(list(data.train.cutoffs)))
+            test_rows = rows.filter((F.col("split") == "test") & (F.col(C.SNAPSHOT_DATE) == F.lit(data.eval_cutoff)))
+            scored = {"model": (y, p)}
+            for b in baselines.fit_and_score(train_rows, test_rows, cfg.training):
+                if len(b.labels) != len(y) or b.labels.sum() != y.sum():
+                    raise dataset.RowCountMismatch(
+                        f"baseline {b.name} scored {len(b.labels):,} test rows, the model {len(y):,}")
+                scored[b.name] = (b.labels, b.scores)
+            results = {name: evaluation.metrics(labels, scores) for name, (labels, scores) in scored.items()}
+            info.update(test_rows=len(y), model_auc_roc=round(results["model"]["auc_roc"], 4),
+                        best_baseline_auc_roc=round(max(results[b]["auc_roc"] for b in baselines.NAMES), 4))
+        mlflow.log_metrics({f"test_{m}": v for m, v in results["model"].items()})
+        mlflow.log_metrics({f"test_{name}_{m}": v for name, r in results.items() for m, v in r.items()})
+        mlflow.log_metrics({"best_epoch": fitted.best_epoch, "train_samples_per_second": fitted.samples_per_second})
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in evaluation.plots(scored, Path(tmp) / "plots"):
+                mlflow.log_artifact(str(path), "plots")
+        mlflow.log_dict({"source": source, "vocab_version": data.vocab_version, "input_dims": data.input_dims},
+                        "vocab_version.json")
+        mlflow.log_dict(dataclasses.asdict(cfg), "config.yaml")
+        mlflow.log_dict({"data": data.describe(), "history": fitted.history, "test": results}, "training.json")
+
+        with stage("train: log and register the model"):
+            example = _example(data, cfg)
+            signature = infer_signature(example, np.asarray(model(example, training=False)))
+            info = mlflow.tensorflow.log_model(
+                model, name="model", signature=signature, pip_requirements=tracking.pip_requirements(),
+                registered_model_name=cfg.mlflow.registered_model,
+            )
+            version = str(info.registered_model_version)
+            from mlflow import MlflowClient
+
+            client = MlflowClient()
+            for key, value in (("source", source), ("vocab_version", str(data.vocab_version)),
+                               ("model_type", cfg.model.type), ("eval_cutoff", str(data.eval_cutoff))):
+                client.set_model_version_tag(cfg.mlflow.registered_model, version, key, value)
+
+        promoted, reason, theirs = promote(cfg, data, version, results["model"])
+        mlflow.set_tags({"promotion.decision": "promoted" if promoted else "rejected", "promotion.reason": reason,
+                         "model_version": version})
+        if theirs is not None:
+            mlflow.log_metric(f"champion_test_{cfg.mlflow.promotion_metric}", theirs)
+        log.info("[train] %s", reason)
+    return TrainResult(run_id, experiment_id, version, promoted, reason, results, fitted.best_epoch,
+                       len(fitted.history), data, fitted.samples_per_second)
+
+
+def _example(data: dataset.TrainingData, cfg: Config) -> dict[str, np.ndarray]:
+    """Five test rows as the signature's example (only the first batch is read, so unverified:
+    it describes shapes and types, nothing is trained or scored on it)."""
+    for batch in dataset.batches(data.test.files, expected_rows=data.test.rows, batch_size=5,
+                                 pool=cfg.training.reader_pool, reader_workers=cfg.training.reader_workers):
+        batch.pop("label")
+        return batch
+    raise dataset.NoTrainingData("the test split is empty")

@@ -39,9 +39,12 @@ demo: setup
 	$(SEQLAKE) state --date $(DEMO_LAST_DAY)
 	$(SEQLAKE) sequences --cutoff $(DEMO_NEXT_DAY) --scoring
 	$(SEQLAKE) sql "SELECT snapshot_date, count(*) AS users, round(avg(label), 3) AS positive_rate, round(avg(length), 1) AS avg_length, max(vocab_version) AS vocab_version FROM user_sequences GROUP BY snapshot_date ORDER BY snapshot_date"
+	@echo "== training: LSTM vs baselines on the test split, MLflow run, registry, champion gate"
+	$(SEQLAKE) train
 	@echo
 	@echo "Lake tables (Delta): $(CURDIR)/lake/{events,events_quarantine,ingest_runs,sessions,session_events,sessionize_runs,vocab,vocab_versions,user_sequences,user_state,state_runs,run_metrics}"
 	@echo "Query them:          $(SEQLAKE) sql \"SELECT * FROM seqlake.user_sequences LIMIT 10\""
+	@echo "MLflow runs/models:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/_mlflow/mlflow.db  (artifacts: $(CURDIR)/lake/_mlflow/artifacts)"
 
 # The two real public samples in ../shared/data, through their source configs.
 demo-real: setup
@@ -59,6 +62,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python bench/bench_ingest_sessionize.py
 	$(BIN)/python bench/bench_encoding.py
+	$(BIN)/python bench/bench_training.py
 
 clean:
 	rm -rf lake spark-warehouse metastore_db derby.log

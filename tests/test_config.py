@@ -25,6 +25,20 @@ def test_defaults_and_overrides_are_typed(tmp_path):
     assert cfg.table_path("events") == "/tmp/x/events"
 
 
+def test_training_settings_and_mlflow_defaults():
+    cfg = load_config(REPO / "conf" / "local.yaml", ["lake.root=/tmp/x", "model.lstm_units=[64, 32]",
+                                                     "training.cutoffs=[2024-01-08]"])
+    assert cfg.model.lstm_units == (64, 32)
+    assert cfg.training.cutoffs == ("2024-01-08",)  # YAML's date comes back as the ISO string
+    assert cfg.mlflow_tracking_uri() == "sqlite:////tmp/x/_mlflow/mlflow.db"
+    assert cfg.mlflow_artifact_root() == "/tmp/x/_mlflow/artifacts"
+    with pytest.raises(ConfigError, match="mlflow.tracking_uri: required"):
+        load_config(None, ["lake.root=s3a://bucket/lake"]).mlflow_tracking_uri()
+    remote = load_config(None, ["lake.root=s3a://b/lake", "mlflow.tracking_uri=http://mlflow:5000"])
+    assert remote.mlflow_tracking_uri() == "http://mlflow:5000"
+    assert remote.mlflow_artifact_root() == "s3a://b/lake/_mlflow/artifacts"
+
+
 def test_uri_lake_root_is_kept_verbatim():
     cfg = load_config(None, ["lake.root=s3a://bucket/lake/", "lake.landing_root=s3a://bucket/landing"])
     assert cfg.table_path("events") == "s3a://bucket/lake/events"
@@ -51,6 +65,13 @@ def test_uri_lake_root_is_kept_verbatim():
         ("sequences.length=0", "sequences.length: expected an integer in 1..10000"),
         ("sequences.cutoffs=[2024-01-08, soon]", "sequences.cutoffs[1]: expected a date as YYYY-MM-DD, got 'soon'"),
         ("sequences.test_share=0.95", "sequences.validation_share/test_share"),
+        ("model.type=gru", "model.type: expected 'lstm' or 'transformer'"),
+        ("model.lstm_units=[64, many]", "model.lstm_units[1]: expected an integer, got 'many'"),
+        ("model.lstm_units=[]", "model.lstm_units: expected a non-empty list"),
+        ("training.imbalance=smote", "training.imbalance: expected 'class_weight', 'focal' or 'none'"),
+        ("training.workers=3", "training.batch_size: expected a multiple of training.workers"),
+        ("training.cutoffs=[soon]", "training.cutoffs[0]: expected a date as YYYY-MM-DD, got 'soon'"),
+        ("mlflow.promotion_metric=accuracy", "mlflow.promotion_metric: expected 'auc_pr', 'auc_roc'"),
     ],
 )
 def test_bad_settings_name_the_key(override, message):

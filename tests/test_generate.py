@@ -245,7 +245,8 @@ def test_event_type_mix_is_realistic(default_run: Run):
     assert 0.85 <= share["view"] <= 0.92, share
     assert 0.04 <= share["cart"] <= 0.08, share
     assert 0.01 <= share["fav"] <= 0.03, share
-    assert 0.005 <= share["remove_from_cart"] <= 0.02, share
+    # About half of the carts are removed again (REES46 shows more removals than that).
+    assert 0.005 <= share["remove_from_cart"] <= 0.04, share
     assert 0.01 <= share["purchase"] <= 0.03, share
     assert default_run.summary.event_type_counts == {t: counts[t] for t in TYPES}
 

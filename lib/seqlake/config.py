@@ -153,11 +153,11 @@ class ModelConfig:
     # lstm: embeddings -> LSTM stack; transformer: embeddings + positions -> self-attention.
     type: str = "lstm"
     # Embedding width of item ids, and of every other sequence feature.
-    item_embedding_dim: int = 32
-    embedding_dim: int = 8
-    lstm_units: tuple[int, ...] = (64,)
+    item_embedding_dim: int = 8
+    embedding_dim: int = 4
+    lstm_units: tuple[int, ...] = (32,)
     dropout: float = 0.2
-    dense_units: tuple[int, ...] = (32,)
+    dense_units: tuple[int, ...] = (16,)
     transformer_dim: int = 32
     transformer_heads: int = 2
     transformer_layers: int = 1
@@ -462,6 +462,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
+        if isinstance(value, dt.date):  # YAML reads an unquoted 2024-01-08 as a date
+            return value.isoformat()
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")

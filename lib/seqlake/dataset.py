@@ -59,6 +59,8 @@ class TrainingData:
     test: SplitData
     # Embedding input sizes per sequence feature (largest index + 1) of the vocab version.
     input_dims: dict[str, int]
+    # event_type token -> index in the vocab version (the model finds carts by it).
+    event_types: dict[str, int]
     # Mean and variance of log1p(aggregate) on the training rows (the model's normaliser).
     aggregate_mean: tuple[float, ...]
     aggregate_variance: tuple[float, ...]
@@ -138,9 +140,11 @@ def select(spark: SparkSession, cfg: Config, source: str) -> TrainingData:
         *[F.var_pop(x).alias(f"v{i}") for i, x in enumerate(logs)],
     ).first()
     length = chosen.select(F.size("item").alias("n")).first()["n"]
+    vocabulary = vocab.load(spark, cfg, source, version)
+    event_types = {r["token"]: r["index"] for r in vocabulary.lookup("event_type").collect()}  # a handful
     return TrainingData(
         source=source, vocab_version=version, length=length, train=train, validation=validation, test=test,
-        input_dims=input_dims(vocab.load(spark, cfg, source, version)),
+        input_dims=input_dims(vocabulary), event_types=event_types,
         aggregate_mean=tuple(float(moments[f"m{i}"]) for i in range(len(AGGREGATES))),
         aggregate_variance=tuple(max(float(moments[f"v{i}"]), 1e-6) for i in range(len(AGGREGATES))),
     )

@@ -6,6 +6,13 @@ feature, left-padded with 0, and ``aggregates`` float32 ``(len(dataset.AGGREGATE
 * Every categorical sequence feature gets its own ``Embedding(mask_zero=True)`` sized from the
   vocab version (``dataset.input_dims``); ``session_start`` (0/1, so 0 is not padding) gets an
   unmasked one. Concatenated, the masks combine: padding is skipped.
+* Three recurrence flags per event, computed in the model from the id arrays (so scoring
+  cannot compute them differently): the event's item is in an open cart (carted earlier in the
+  sequence and not removed or bought since), the item was seen earlier, its category was
+  carted earlier. An LSTM would otherwise have to learn
+  id equality across positions from embeddings, which needs far more data than a pairwise
+  comparison does; returning to a carted item is the classic purchase signal. Plus each
+  event's estimated age at the cutoff (``event_age_days``, from the gap buckets and recency).
 * ``model.type: lstm``: a stack of LSTMs; ``transformer``: learned positions and self-attention
   blocks, pooled as the masked mean plus the newest event.
 * Aggregates go through log1p and a ``Normalization`` fixed to the training rows' moments, so
@@ -29,6 +36,7 @@ def build_model(
     *,
     length: int,
     input_dims: dict[str, int],
+    event_types: dict[str, int],
     aggregate_mean: Sequence[float],
     aggregate_variance: Sequence[float],
 ):
@@ -44,14 +52,20 @@ def build_model(
         masked = name not in UNMASKED
         embedded.append(layers.Embedding(input_dims[name], width if masked else 2, mask_zero=masked,
                                          name=f"embed_{name}")(inputs[name]))
+    embedded.append(recurrence_flags(inputs["item"], inputs["category"], inputs["event_type"], length, event_types))
+    age = event_age_days(inputs["gap_bucket"], inputs["aggregates"][:, AGGREGATES.index("recency_days")])
+    embedded.append(ops.log1p(age)[:, :, None])
     x = layers.Concatenate(name="events")(embedded)
     x = layers.Dropout(settings.dropout, name="events_dropout")(x)
 
     if settings.type == "lstm":
         for i, units in enumerate(settings.lstm_units):
-            last = i == len(settings.lstm_units) - 1
-            x = layers.LSTM(units, return_sequences=not last, name=f"lstm_{i}")(x)
-        sequence = x
+            x = layers.LSTM(units, return_sequences=True, name=f"lstm_{i}")(x)
+        # The newest state, plus the masked max over all states: a direct path from every
+        # event to the output, so one decisive event far back is not washed out.
+        present = ops.cast(ops.not_equal(inputs["item"], 0), "float32")[:, :, None]
+        peak = ops.max(x * present - 1e4 * (1.0 - present), axis=1)
+        sequence = layers.Concatenate(name="pooled")([x[:, -1, :], peak])
     else:
         sequence = _transformer(settings, x, inputs["item"], length)
 
@@ -65,6 +79,48 @@ def build_model(
     logit = layers.Dense(1, name="logit")(h)
     propensity = layers.Activation("sigmoid", name="propensity")(logit)
     return keras.Model(inputs, propensity, name=f"seqlake_{settings.type}")
+
+
+def event_age_days(gap_bucket, recency_days):
+    """(batch, length) estimated days from each event to the cutoff: the newest event's is the
+    exact recency; older ones add the gaps after them, each taken at 1.5 x its bucket's lower
+    bound (buckets double, so one gap is off by at most a factor 1.5; sums average out)."""
+    from keras import ops
+
+    bucket = ops.cast(gap_bucket, "float32")
+    seconds = ops.where(bucket >= 3.0, 1.5 * ops.power(2.0, bucket - 3.0), ops.where(bucket >= 2.0, 0.5, 0.0))
+    after = ops.flip(ops.cumsum(ops.flip(seconds, axis=1), axis=1), axis=1) - seconds  # gaps after event i
+    return recency_days[:, None] + after / 86_400.0
+
+
+def recurrence_flags(item, category, event_type, length: int, event_types: dict[str, int]):
+    """(batch, length, 3) floats per event: its item is in an open cart (carted earlier in the
+    sequence, not removed or bought since), its item was seen earlier, its category was carted
+    earlier. 0 on padding and null ids."""
+    from keras import ops
+
+    earlier = ops.convert_to_tensor([[1.0 if j < i else 0.0 for j in range(length)] for i in range(length)])[None]
+    position = ops.convert_to_tensor([float(j + 1) for j in range(length)])[None, None, :]
+
+    def is_type(*names: str):
+        hit = ops.zeros_like(ops.cast(event_type, "float32"))
+        for name in names:
+            hit = ops.maximum(hit, ops.cast(ops.equal(event_type, event_types.get(name, -1)), "float32"))
+        return hit[:, None, :]  # [b, 1, j]
+
+    def earlier_same(ids):
+        return ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32") * earlier  # [b, i, j<i]
+
+    def known(ids):
+        return ops.cast(ops.greater(ids, 1), "float32")  # not padding, not null
+
+    same_item = earlier_same(item)
+    last_cart = ops.max(same_item * is_type("cart") * position, axis=-1)
+    last_close = ops.max(same_item * is_type("remove_from_cart", "purchase") * position, axis=-1)
+    open_cart = ops.cast(ops.greater(last_cart, last_close), "float32") * known(item)
+    seen = ops.max(same_item, axis=-1) * known(item)
+    category_carted = ops.max(earlier_same(category) * is_type("cart"), axis=-1) * known(category)
+    return ops.stack([open_cart, seen, category_carted], axis=-1)
 
 
 def _transformer(settings: ModelConfig, x, item, length: int):

@@ -54,7 +54,7 @@ def build(cfg: Config, data: dataset.TrainingData):
     from seqlake.model import build_model
 
     return build_model(cfg.model, length=data.length, input_dims=data.input_dims,
-                       aggregate_mean=data.aggregate_mean, aggregate_variance=data.aggregate_variance)
+                       event_types=data.event_types, aggregate_mean=data.aggregate_mean, aggregate_variance=data.aggregate_variance)
 
 
 def predict(model, split: dataset.SplitData, cfg: Config, sizes: dict[str, int] | None = None):

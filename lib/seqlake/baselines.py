@@ -44,6 +44,22 @@ def _collect(scored: DataFrame, name: str) -> BaselineScores:
     return BaselineScores(name, local["label"].to_numpy(np.float64), local["score"].to_numpy(np.float64))
 
 
+def _linear_probability(fitted) -> F.Column:
+    """The fitted logistic regression as a built-in expression over the feature columns.
+
+    Not ``model.transform``: Spark 4.0's LogisticRegressionModel keeps its training summary,
+    which holds the SparkSession, and its prediction UDF then fails to serialise (Task not
+    serializable: ObservationManager) once the session has run an ``observe``."""
+    scaler, lr = fitted.stages[1], fitted.stages[2]
+    mean, std = scaler.mean.toArray(), scaler.std.toArray()
+    weights = lr.coefficients.toArray()
+    z = F.lit(float(lr.intercept))
+    for c, m, sd, w in zip(AGGREGATES, mean, std, weights):
+        if sd > 0:
+            z = z + F.lit(float(w / sd)) * (F.col(f"f_{c}") - F.lit(float(m)))
+    return F.lit(1.0) / (F.lit(1.0) + F.exp(-z))
+
+
 def fit_and_score(train: DataFrame, test: DataFrame, settings: TrainingConfig) -> list[BaselineScores]:
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import GBTClassifier, LogisticRegression
@@ -62,7 +78,10 @@ def fit_and_score(train: DataFrame, test: DataFrame, settings: TrainingConfig) -
     out = []
     for name, estimator in models.items():
         fitted = Pipeline(stages=[assemble, scale, estimator]).fit(train_f)
-        scored = fitted.transform(test_f).withColumn("score", vector_to_array("probability")[1])
+        if name == "logistic_regression":
+            scored = test_f.withColumn("score", _linear_probability(fitted))
+        else:
+            scored = fitted.transform(test_f).withColumn("score", vector_to_array("probability")[1])
         out.append(_collect(scored, name))
 
     base = train_f.agg(F.avg("label").alias("rate")).first()["rate"]

@@ -16,7 +16,6 @@ model and applies the promotion gate.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import tempfile
 import time
 from pathlib import Path

@@ -139,7 +139,13 @@ def select(spark: SparkSession, cfg: Config, source: str) -> TrainingData:
         *[F.avg(x).alias(f"m{i}") for i, x in enumerate(logs)],
         *[F.var_pop(x).alias(f"v{i}") for i, x in enumerate(logs)],
     ).first()
-    length = chosen.select(F.size("item").alias("n")).first()["n"]
+    sizes = chosen.agg(F.min(F.size("item")).alias("lo"), F.max(F.size("item")).alias("hi")).first()
+    if sizes["lo"] != sizes["hi"]:
+        raise NoTrainingData(
+            f"the training snapshots {', '.join(map(str, cutoffs))} hold sequences of {sizes['lo']} to "
+            f"{sizes['hi']} events; rebuild them with one sequences.length"
+        )
+    length = sizes["lo"]
     vocabulary = vocab.load(spark, cfg, source, version)
     event_types = {r["token"]: r["index"] for r in vocabulary.lookup("event_type").collect()}  # a handful
     return TrainingData(

@@ -89,8 +89,13 @@ def _sequences(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
     return tables.read(spark, cfg, C.USER_SEQUENCES).filter(F.col(C.SOURCE) == source)
 
 
+def split_rows(rows: DataFrame, split: str, cutoffs: Sequence[dt.date]) -> DataFrame:
+    """The rows of one split at the given snapshots (partition filters only)."""
+    return rows.filter((F.col("split") == split) & F.col(C.SNAPSHOT_DATE).isin(list(cutoffs)))
+
+
 def _split(rows: DataFrame, split: str, cutoffs: Sequence[dt.date]) -> SplitData:
-    part = rows.filter((F.col("split") == split) & F.col(C.SNAPSHOT_DATE).isin(list(cutoffs)))
+    part = split_rows(rows, split, cutoffs)
     stats = part.agg(F.count(F.lit(1)).alias("n"), F.sum("label").alias("pos"), F.count("label").alias("labelled")).first()
     if stats["n"] == 0:
         raise NoTrainingData(f"the {split} split of snapshot(s) {', '.join(map(str, cutoffs))} is empty")
@@ -120,8 +125,9 @@ def select(spark: SparkSession, cfg: Config, source: str) -> TrainingData:
             f"run `seqlake sequences --source {source} --from D1 --to D2` first"
         )
     chosen = rows.filter(F.col(C.SNAPSHOT_DATE).isin(cutoffs))
-    versions = {r[0] for r in chosen.select(C.VOCAB_VERSION).distinct().collect()}  # a few rows
-    missing = set(cutoffs) - {r[0] for r in chosen.select(C.SNAPSHOT_DATE).distinct().collect()}
+    present = chosen.select(C.SNAPSHOT_DATE, C.VOCAB_VERSION).distinct().collect()  # a few rows
+    versions = {r[C.VOCAB_VERSION] for r in present}
+    missing = set(cutoffs) - {r[C.SNAPSHOT_DATE] for r in present}
     if missing:
         raise NoTrainingData(f"training.cutoffs: no snapshot of source {source!r} at {', '.join(map(str, sorted(missing)))}")
     if len(versions) != 1:

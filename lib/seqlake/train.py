@@ -118,10 +118,9 @@ def train(spark: SparkSession, cfg: Config, *, source: str, workers: int | None 
         with stage("train: evaluate model and baselines on the test split") as info:
             y, p = training.predict(model, data.test, cfg)
             rows = tables.read(spark, cfg, C.USER_SEQUENCES).filter(F.col(C.SOURCE) == source)
-            train_rows = rows.filter((F.col("split") == "train") & F.col(C.SNAPSHOT_DATE).isin(list(data.train.cutoffs)))
-            test_rows = rows.filter((F.col("split") == "test") & (F.col(C.SNAPSHOT_DATE) == F.lit(data.eval_cutoff)))
             scored = {"model": (y, p)}
-            for b in baselines.fit_and_score(train_rows, test_rows, cfg.training):
+            for b in baselines.fit_and_score(dataset.split_rows(rows, "train", data.train.cutoffs),
+                                             dataset.split_rows(rows, "test", data.test.cutoffs), cfg.training):
                 if len(b.labels) != len(y) or b.labels.sum() != y.sum():
                     raise dataset.RowCountMismatch(
                         f"baseline {b.name} scored {len(b.labels):,} test rows, the model {len(y):,}")

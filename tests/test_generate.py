@@ -64,8 +64,8 @@ def to_ms(text: str) -> int:
 def read_truth(landing: Path) -> list[tuple[str, float, int]]:
     with open(landing / "truth" / "generator" / "ground_truth.csv", newline="") as handle:
         reader = csv.reader(handle)
-        assert next(reader) == ["user_id", "p_true", "label"]
-        return [(user, float(p), int(label)) for user, p, label in reader]
+        assert next(reader) == ["user_id", "p_true", "label", "driver_category"]
+        return [(user, float(p), int(label)) for user, p, label, _ in reader]
 
 
 def pairwise_auc(scores, labels) -> float:

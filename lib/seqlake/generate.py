@@ -51,7 +51,9 @@ short session of their own; they finish at least 3 hours before the period ends 
 counts any checkout that could not, ``displaced_checkouts``; 0 in every run we made). Hence
 ``P(>= 1 purchase in the window | everything before the window) = p(intent at window start)``
 exactly; that is ``p_true`` in ``ground_truth.csv``, and ``label`` is whether the written data
-has a purchase by the user in the window. With the default weights (category and cart-only
+has a purchase by the user in the window; ``driver_category`` is the category of the open cart
+of largest weight at the window start (empty when no cart weighs anything): the events an
+explanation of that user's score should name. With the default weights (category and cart-only
 terms 0) carting without a later revisit of the item counts nothing, a revisit long ago has
 faded, and counts of event types, favs and plain views do not enter ``p``.
 The same rule produces every purchase in the history, so it holds at every period start; at a
@@ -316,7 +318,7 @@ def build_catalogue(cfg: GeneratorConfig) -> Catalogue:
         brand = None if brand_missing[item] else brand_names[int(category_brands[brand_rank[item] % len(category_brands)])]
         values = (
             f'"i{item:0{ITEM_ID_DIGITS}d}"',
-            f'"c{category:0{CATEGORY_ID_DIGITS}d}"',
+            f'"{category_id_text(category)}"',
             json.dumps(path),
             json.dumps(brand),
             f"{prices[item]:.2f}",
@@ -491,6 +493,8 @@ class SimulatedUser:
     items: list[int] = field(default_factory=list)
     sessions: list[int] = field(default_factory=list)
     p_true: float = 0.0
+    # Category of the open cart weighing most in p_true (-1: none): what explanations should name.
+    driver_category: int = -1
     label: int = 0
     displaced_checkouts: int = 0  # checkouts that could not finish inside their period
 
@@ -572,9 +576,13 @@ class UserSimulation:
         """Decide whether the user buys in this period and, if so, where the checkouts go."""
         period_start = self.timeline.period_starts[period_index]
         period_end = self.timeline.period_end(period_index)
-        probability = self.rule.probability(sum(self.cart_weights(period_start).values()))
+        weights = self.cart_weights(period_start)
+        probability = self.rule.probability(sum(weights.values()))
         if period_index == len(self.timeline.period_starts) - 1:
             self.output.p_true = probability
+            heaviest = max(weights.items(), key=lambda kv: (kv[1], -kv[0]), default=(None, 0.0))
+            if heaviest[1] > 0:
+                self.output.driver_category = self.catalogue.item_category[heaviest[0]]
         if self.uniform() >= probability:
             return
         checkouts = 1 + int(self.rng.poisson(CHECKOUT_EXTRA_RATE))
@@ -736,6 +744,11 @@ class UserSimulation:
 # --------------------------------------------------------------------------- rendering
 
 
+def category_id_text(category: int) -> str:
+    """A category's id as events carry it (``category_id``)."""
+    return f"c{category:0{CATEGORY_ID_DIGITS}d}"
+
+
 def user_id_text(user_index: int) -> str:
     return f"u{user_index:0{USER_ID_DIGITS}d}"
 
@@ -831,6 +844,7 @@ class WorkerResult:
     worker_index: int
     user_start: int
     p_true: np.ndarray
+    driver_category: np.ndarray
     labels: np.ndarray
     counts_before_window: np.ndarray  # users x event types
     events_per_day: np.ndarray
@@ -898,6 +912,7 @@ def write_user_range(
     buffers = DayBuffers(paths)
     n_users = user_stop - user_start
     p_true = np.zeros(n_users)
+    driver_category = np.full(n_users, -1, dtype=np.int64)
     labels = np.zeros(n_users, dtype=np.int8)
     counts = np.zeros((n_users, len(EVENT_TYPES)), dtype=np.int64)
     events_per_day = np.zeros(cfg.days, dtype=np.int64)
@@ -914,6 +929,7 @@ def write_user_range(
     for offset, user_index in enumerate(range(user_start, user_stop)):
         simulated = UserSimulation(cfg.seed, user_index, catalogue, timeline, rule).run()
         p_true[offset] = simulated.p_true
+        driver_category[offset] = simulated.driver_category
         labels[offset] = simulated.label
         displaced += simulated.displaced_checkouts
         n_events = len(simulated.timestamps)
@@ -989,6 +1005,7 @@ def write_user_range(
         worker_index=worker_index,
         user_start=user_start,
         p_true=p_true,
+        driver_category=driver_category,
         labels=labels,
         counts_before_window=counts,
         events_per_day=events_per_day,
@@ -1188,6 +1205,7 @@ def generate(
     results = run_workers(cfg, output_dir, n_users, report)
     say("stage=truth", force=True)
     p_true = np.concatenate([r.p_true for r in results])
+    drivers = np.concatenate([r.driver_category for r in results])
     labels = np.concatenate([r.labels for r in results]).astype(np.int64)
     counts = np.concatenate([r.counts_before_window for r in results])
     events_per_day = sum(r.events_per_day for r in results)
@@ -1208,9 +1226,12 @@ def generate(
     truth_dir.mkdir(parents=True, exist_ok=True)
     truth_path = truth_dir / "ground_truth.csv"
     with open(truth_path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write("user_id,p_true,label\n")
+        handle.write("user_id,p_true,label,driver_category\n")
         # repr() is the shortest text that reads back as the same double: p_true stays exact.
-        handle.writelines(f"{user_id_text(i)},{float(p)!r},{int(y)}\n" for i, (p, y) in enumerate(zip(p_true, labels)))
+        handle.writelines(
+            f"{user_id_text(i)},{float(p)!r},{int(y)},{category_id_text(int(c)) if c >= 0 else ''}\n"
+            for i, (p, y, c) in enumerate(zip(p_true, labels, drivers))
+        )
 
     first_date = cfg.start_date
     last_date = cfg.start_date + dt.timedelta(days=cfg.days - 1)

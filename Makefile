@@ -8,7 +8,6 @@ DEMO_FROM ?= 2024-01-01
 DEMO_TO ?= 2024-01-28
 DEMO_LAST_DAY ?= 2024-01-28
 DEMO_DAY_BEFORE ?= 2024-01-27
-DEMO_NEXT_DAY ?= 2024-01-29
 # Training cutoffs whose 7-day label horizon ends inside the demo's days.
 DEMO_CUTOFFS_FROM ?= 2024-01-08
 DEMO_CUTOFFS_TO ?= 2024-01-22
@@ -32,18 +31,22 @@ demo: setup
 	$(SEQLAKE) ingest --date $(DEMO_LAST_DAY)
 	$(SEQLAKE) sessionize --date $(DEMO_LAST_DAY)
 	$(SEQLAKE) sql "SELECT source, count(*) AS sessions, sum(n_events) AS events, round(avg(duration_seconds)/60, 1) AS avg_minutes, sum(CAST(has_purchase AS INT)) AS purchasing_sessions FROM sessions GROUP BY source"
-	@echo "== encoding: vocabulary, weekly training snapshots, nightly state, scoring snapshot"
+	@echo "== encoding: vocabulary, weekly training snapshots"
 	$(SEQLAKE) vocab fit --from $(DEMO_FROM) --to $(DEMO_CUTOFFS_FROM)
 	$(SEQLAKE) sequences --from $(DEMO_CUTOFFS_FROM) --to $(DEMO_CUTOFFS_TO)
-	$(SEQLAKE) state --date $(DEMO_DAY_BEFORE)
-	$(SEQLAKE) state --date $(DEMO_LAST_DAY)
-	$(SEQLAKE) sequences --cutoff $(DEMO_NEXT_DAY) --scoring
 	$(SEQLAKE) sql "SELECT snapshot_date, count(*) AS users, round(avg(label), 3) AS positive_rate, round(avg(length), 1) AS avg_length, max(vocab_version) AS vocab_version FROM user_sequences GROUP BY snapshot_date ORDER BY snapshot_date"
 	@echo "== training: LSTM vs baselines on the test split, MLflow run, registry, champion gate"
 	$(SEQLAKE) train
+	@echo "== nightly: state, scores with reasons and monitoring, profiles (two nights: the second has a PSI)"
+	$(SEQLAKE) state --date $(DEMO_DAY_BEFORE)
+	$(SEQLAKE) score --date $(DEMO_DAY_BEFORE)
+	$(SEQLAKE) state --date $(DEMO_LAST_DAY)
+	$(SEQLAKE) score --date $(DEMO_LAST_DAY)
+	$(SEQLAKE) profile --date $(DEMO_LAST_DAY)
+	$(SEQLAKE) sql "SELECT user_id, round(propensity, 3) AS propensity, rank, reasons[0].text AS top_reason FROM user_propensity WHERE score_date = '$(DEMO_LAST_DAY)' ORDER BY rank LIMIT 5"
 	@echo
-	@echo "Lake tables (Delta): $(CURDIR)/lake/{events,events_quarantine,ingest_runs,sessions,session_events,sessionize_runs,vocab,vocab_versions,user_sequences,user_state,state_runs,run_metrics}"
-	@echo "Query them:          $(SEQLAKE) sql \"SELECT * FROM seqlake.user_sequences LIMIT 10\""
+	@echo "Lake tables (Delta): $(CURDIR)/lake/{events,events_quarantine,ingest_runs,sessions,session_events,sessionize_runs,vocab,vocab_versions,user_sequences,user_state,state_runs,run_metrics,user_propensity,score_runs,user_profile}"
+	@echo "Query them:          $(SEQLAKE) sql \"SELECT * FROM seqlake.user_propensity LIMIT 10\"  (README: For analysts)"
 	@echo "MLflow runs/models:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/_mlflow/mlflow.db  (artifacts: $(CURDIR)/lake/_mlflow/artifacts)"
 
 # The two real public samples in ../shared/data, through their source configs.
@@ -63,6 +66,7 @@ bench: setup
 	$(BIN)/python bench/bench_ingest_sessionize.py
 	$(BIN)/python bench/bench_encoding.py
 	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_scoring.py
 
 clean:
 	rm -rf lake spark-warehouse metastore_db derby.log

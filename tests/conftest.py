@@ -1,6 +1,7 @@
 """One session-scoped Spark (local[2], Delta, in-memory catalog) and per-test lake configs."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from pathlib import Path
@@ -58,3 +59,42 @@ def spark(tmp_path_factory):
 @pytest.fixture
 def cfg(tmp_path) -> Config:
     return make_config(tmp_path)
+
+
+# The lake with the generator's planted signal that training and scoring tests share (built
+# once per session: generation, ingestion and snapshots take minutes).
+SIGNAL_USERS = 10000  # ~930 test users, ~100 buyers at the label window: AUC noise about +-0.02
+SIGNAL_START = dt.date(2024, 1, 1)
+SIGNAL_DAYS = 28
+CUTOFFS = [dt.date(2024, 1, 8), dt.date(2024, 1, 15), dt.date(2024, 1, 22)]  # the last = label window start
+# Small and quick. The planted signal is in recurrence flags and event ages, not in which item
+# it is: id embeddings this wide only give ~19k training rows something to memorise. 100
+# events reach back far enough for most carts that are revisited (50 lose some).
+TRAIN_SETTINGS = ("training.epochs=10", "training.patience=3", "training.batch_size=128",
+                  "model.lstm_units=[16]", "model.dense_units=[8]", "model.item_embedding_dim=1",
+                  "model.embedding_dim=2", "model.dropout=0.1", "sequences.length=100")
+
+
+@pytest.fixture(scope="session")
+def signal_lake(spark, tmp_path_factory):
+    """(config, generator summary): 10k generated users over 28 days, ingested, sessionized, a
+    vocabulary fitted on the first week and labelled snapshots at ``CUTOFFS``."""
+    from seqlake import sequences, vocab
+    from seqlake.generate import generate
+    from seqlake.ingest import ingest
+    from seqlake.sessionize import sessionize
+    from seqlake.sources import load_source
+
+    root = tmp_path_factory.mktemp("signal")
+    cfg = make_config(root, f"generator.users={SIGNAL_USERS}", f"generator.days={SIGNAL_DAYS}",
+                      "generator.workers=2", *TRAIN_SETTINGS)
+    summary = generate(cfg.generator, cfg.lake.landing_root)
+    spec = load_source(str(REPO / "conf" / "sources"), "generator")
+    end = SIGNAL_START + dt.timedelta(days=SIGNAL_DAYS - 1)
+    ingest(spark, cfg, spec, window_start=SIGNAL_START, window_end=end)
+    sessionize(spark, cfg, source="generator", date_from=SIGNAL_START, date_to=end)
+    vocab.fit(spark, cfg, source="generator", fit_from=SIGNAL_START, fit_to=CUTOFFS[0])
+    v = vocab.load(spark, cfg, "generator")
+    for cutoff in CUTOFFS:
+        sequences.build_snapshot(spark, cfg, source="generator", cutoff=cutoff, vocabulary=v)
+    return cfg, summary

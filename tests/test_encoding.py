@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pyspark.sql.functions as F
 import pytest
 from delta.tables import DeltaTable
 
@@ -240,6 +241,19 @@ def test_daily_state_equals_one_shot_and_reruns_change_nothing(spark, tmp_path):
     tables.replace_where(one_shot_rows, one_shot, C.USER_STATE, "true", partition_by=[C.SOURCE])
     assert incremental == state_rows(spark, one_shot)
     assert any(len(r["item"]) == 8 for r in incremental) and any(r["daily"] for r in incremental)
+    # The profile accumulators are compared too, and are not trivially equal: session time,
+    # counts per category and brand, hours and weekdays, session starts per day.
+    assert any(r["session_micros"] > 0 for r in incremental)
+    assert any(len(r["category_counts"]) > 1 and len(r["brand_counts"]) > 1 for r in incremental)
+    assert all(sum(r["hour_counts"]) == sum(r["weekday_counts"]) == r["n_events"] for r in incremental)
+    assert all(sum(sum(c) for c in r["category_counts"].values()) == r["n_events"] for r in incremental)
+    assert any(d["sessions"] > 0 and d["carts"] == d["purchases"] == 0 for r in incremental for d in r["daily"])
+    # Some folded day began inside a session of the day before: its gap went through the carry.
+    carried = history.filter(
+        (F.col(C.EVENT_DATE) > F.lit(start)) & ~F.col("is_session_start")
+        & (F.to_date("activity_start") < F.col(C.EVENT_DATE))
+    )
+    assert carried.limit(1).count() == 1
     assert {len(r[name]) for r in incremental for name in vocab.ARRAYS} <= set(range(1, 9))
 
     # A rerun of the last day (or an earlier one) changes nothing, not even the table version.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime as dt
 import glob
 import sys
 from pathlib import Path
@@ -15,25 +14,11 @@ import pytest
 
 from seqlake import constants as C
 from seqlake import dataset, evaluation, sequences, tables, train, training, vocab
-from seqlake.generate import generate
-from seqlake.ingest import ingest
-from seqlake.sessionize import sessionize
-from seqlake.sources import load_source
 
-from conftest import REPO, make_config
+from conftest import CUTOFFS
 
 pytestmark = pytest.mark.slow
 
-USERS = 10000  # ~930 test users, ~100 buyers at the label window: AUC noise about +-0.02
-START = dt.date(2024, 1, 1)
-DAYS = 28
-CUTOFFS = [dt.date(2024, 1, 8), dt.date(2024, 1, 15), dt.date(2024, 1, 22)]  # the last = label window start
-# Small and quick. The planted signal is in recurrence flags and event ages, not in which item
-# it is: id embeddings this wide only give ~19k training rows something to memorise. 100
-# events reach back far enough for most carts that are revisited (50 lose some).
-TRAIN_SETTINGS = ("training.epochs=10", "training.patience=3", "training.batch_size=128",
-                  "model.lstm_units=[16]", "model.dense_units=[8]", "model.item_embedding_dim=1",
-                  "model.embedding_dim=2", "model.dropout=0.1", "sequences.length=100")
 # The issue asks for oracle - 0.03. Not reached yet: on this set the oracle is 0.839 on the
 # test users and the model reaches 0.77-0.80 depending on row order (Spark partitioning), the
 # best baseline 0.74 (issue 4's closing note). This floor catches regressions meanwhile.
@@ -41,20 +26,8 @@ ORACLE_GAP = 0.08
 
 
 @pytest.fixture(scope="module")
-def lake(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("training")
-    cfg = make_config(root, f"generator.users={USERS}", f"generator.days={DAYS}", "generator.workers=2",
-                      *TRAIN_SETTINGS)
-    summary = generate(cfg.generator, cfg.lake.landing_root)
-    spec = load_source(str(REPO / "conf" / "sources"), "generator")
-    end = START + dt.timedelta(days=DAYS - 1)
-    ingest(spark, cfg, spec, window_start=START, window_end=end)
-    sessionize(spark, cfg, source="generator", date_from=START, date_to=end)
-    vocab.fit(spark, cfg, source="generator", fit_from=START, fit_to=CUTOFFS[0])
-    v = vocab.load(spark, cfg, "generator")
-    for cutoff in CUTOFFS:
-        sequences.build_snapshot(spark, cfg, source="generator", cutoff=cutoff, vocabulary=v)
-    return cfg, summary
+def lake(signal_lake):
+    return signal_lake
 
 
 def truth(cfg) -> dict[str, tuple[float, int]]:

@@ -18,6 +18,7 @@ from seqlake.progress import configure_logging, log
 ALL_TABLES = (
     C.EVENTS, C.EVENTS_QUARANTINE, C.INGEST_RUNS, C.SESSIONS, C.SESSION_EVENTS, C.SESSIONIZE_RUNS,
     C.VOCAB, C.VOCAB_VERSIONS, C.USER_SEQUENCES, C.USER_STATE, C.STATE_RUNS, C.RUN_METRICS,
+    C.USER_PROPENSITY, C.SCORE_RUNS, C.PROPENSITY_EVALUATION, C.USER_PROFILE,
 )
 
 EXIT_USAGE = 2  # bad configuration or arguments: nothing was touched
@@ -141,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="vocabulary version to encode with on bootstrap/--rebuild (default: the latest); "
                           "a nightly fold keeps the state's version")
 
+    pro = sub.add_parser(
+        "profile",
+        help="per-user profiles from the state (`user_profile`)",
+        description=(
+            "Write one `user_profile` row per user of `user_state` as of --date D (replacing D's rows): "
+            "recency, frequency, monetary, sessions in the 7 and 30 days ending with D, events and "
+            "minutes per session, top 3 categories and brands by weighted activity "
+            "(profile.activity_weights), preferred UTC hour and weekday, days since the first and last "
+            "event, a lifecycle segment (new / active / at_risk / lapsed by profile.new_days, "
+            "profile.active_days, profile.at_risk_days) and D's propensity and decile from "
+            "`user_propensity` (null when D was not scored). Reads the state only, never the event "
+            "history; the state must hold exactly D (exit 3 otherwise: run `state --date D`)."
+        ),
+    )
+    pro.add_argument("--date", required=True, help="the profile date, YYYY-MM-DD (the state must hold it)")
+    pro.add_argument("--source", help="source name; default: the config's `source`")
+
     trn = sub.add_parser(
         "train",
         help="train the propensity model, compare with baselines, register it in MLflow",
@@ -160,6 +178,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TensorFlow workers (default: training.workers); more than 1 runs them as a Spark "
                           "barrier stage with MultiWorkerMirroredStrategy")
 
+    sco = sub.add_parser(
+        "score",
+        help="score the day's active users with the champion model (`user_propensity`)",
+        description=(
+            "Nightly scoring of --date D: loads the model holding the alias `champion` and the vocab "
+            "version it was trained with, builds its inputs from `user_state` as of D (which must hold D: "
+            "run `state --date D` first), scores every user whose last event is in the "
+            "scoring.lookback_days days ending with D in Arrow batches on the executors, and replaces D's "
+            "rows of `user_propensity`: propensity of a purchase in the horizon after D, rank and decile "
+            "within the day, the model's provenance and up to three reasons in words (occlusion of "
+            "(event type, category) groups). Monitoring (score distribution, PSI against the previous "
+            "scored day, OOV shares, users with no known event) goes to `score_runs`, `run_metrics` and "
+            "an MLflow run in mlflow.scoring_experiment; thresholds scoring.warn_* print warnings. No "
+            "champion, a missing vocab version or a state not at D fail (exit 3) and write nothing; so "
+            "do fewer than scoring.min_users users."
+        ),
+    )
+    sco.add_argument("--date", required=True, help="the day to score (its last day of data), YYYY-MM-DD")
+    sco.add_argument("--source", help="source name; default: the config's `source`")
+
+    eva = sub.add_parser(
+        "evaluate",
+        help="realised performance of a scored day once its horizon has passed",
+        description=(
+            "Compare the scores of --date D in `user_propensity` with what the users did in the horizon "
+            "after D (a purchase in [D+1, D+horizon_days]): realised AUC-ROC, AUC-PR, log loss, Brier "
+            "score, and per decile the mean propensity, purchase rate and lift, written to "
+            "`propensity_evaluation` (replacing D's rows) and logged with calibration and lift plots to "
+            "mlflow.scoring_experiment. Fails (exit 3) while D + horizon_days is not sessionized yet."
+        ),
+    )
+    eva.add_argument("--date", required=True, help="the scored day to evaluate, YYYY-MM-DD")
+    eva.add_argument("--source", help="source name; default: the config's `source`")
+
     sql = sub.add_parser(
         "sql",
         help="run a SQL query over the lake's tables",
@@ -169,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     sql.add_argument("statement", help="the SQL statement, e.g. \"SELECT count(*) FROM seqlake.events\"")
-    sql.add_argument("--max-rows", type=int, default=50, help="rows to print (default: %(default)s)")
+    sql.add_argument("--max-rows", type=int, default=50,
+                     help="rows to print as a table (default: %(default)s); csv and json print every row")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                     help="table (readable, default), csv (header line, then rows) or json (one object per line)")
     return parser
 
 
@@ -374,6 +429,28 @@ def cmd_state(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+def cmd_profile(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import profiles, state
+
+    day = parse_date(args.date, "--date")
+    source = args.source or cfg.source
+
+    def work(spark) -> int:
+        try:
+            r = profiles.build_profiles(spark, cfg, source=source, day=day)
+        except state.StateGap as exc:
+            print(f"seqlake profile: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        print(
+            f"profile {source} {day}: {r.users:,} users ("
+            + ", ".join(f"{name} {n:,}" for name, n in r.by_segment.items())
+            + f"), {r.scored:,} with a propensity; user_profile: {r.path}"
+        )
+        return 0
+
+    return _with_spark(cfg, work)
+
+
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     from seqlake import dataset, train
 
@@ -404,6 +481,79 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import scoring
+
+    day = parse_date(args.date, "--date")
+    source = args.source or cfg.source
+
+    def work(spark) -> int:
+        try:
+            r = scoring.score(spark, cfg, source=source, day=day)
+        except (scoring.ScoringRefused, scoring.BrokenScoringInput) as exc:
+            print(f"seqlake score: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        psi = "n/a (no earlier scored day)" if r.psi is None else f"{r.psi:.4f}"
+        print(
+            f"score {source} {day}: {r.users_scored:,} users with {r.champion.name} version {r.champion.version} "
+            f"(vocab_version {r.champion.vocab_version}) in {r.elapsed_seconds:.0f}s; mean propensity {r.mean:.4f}, "
+            f"median {r.quantiles['p50']:.4f}, p90 {r.quantiles['p90']:.4f}; PSI {psi}; "
+            f"users with no known event {r.empty_share:.2%}\n"
+            + "".join(f"  WARNING: {w}\n" for w in r.warnings)
+            + f"  user_propensity: {cfg.table_path(C.USER_PROPENSITY)}\n"
+            f"  MLflow run {r.mlflow_run_id} (experiment {cfg.mlflow.scoring_experiment})"
+        )
+        return 0
+
+    return _with_spark(cfg, work)
+
+
+def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import outcomes
+
+    day = parse_date(args.date, "--date")
+    source = args.source or cfg.source
+
+    def work(spark) -> int:
+        try:
+            r = outcomes.evaluate(spark, cfg, source=source, day=day)
+        except outcomes.NothingToEvaluate as exc:
+            print(f"seqlake evaluate: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.4f}"
+
+        print(f"evaluate {source} {day}: {r.users:,} users scored, {r.buyers:,} bought within the horizon; "
+              f"realised AUC-ROC {fmt(r.auc_roc)}, AUC-PR {fmt(r.auc_pr)}, log loss {r.log_loss:.4f}, "
+              f"Brier {r.brier:.4f}, top-decile lift {fmt(r.lift_top_decile)}\n"
+              f"  propensity_evaluation: {cfg.table_path(C.PROPENSITY_EVALUATION)}\n"
+              f"  MLflow run {r.mlflow_run_id} (experiment {cfg.mlflow.scoring_experiment})")
+        return 0
+
+    return _with_spark(cfg, work)
+
+
+def print_result(result, fmt: str, max_rows: int) -> None:
+    """Print a query result: a readable table (first ``max_rows``), or every row as csv / json
+    lines, streamed partition by partition (never the whole result on the driver at once)."""
+    import csv
+    import json
+
+    if fmt == "table":
+        result.show(max_rows, truncate=False)
+        return
+    columns = result.columns
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in result.toLocalIterator():
+            writer.writerow(["" if v is None else v for v in row])
+        return
+    for row in result.toLocalIterator():
+        print(json.dumps(row.asDict(recursive=True), default=str, ensure_ascii=False))
+
+
 def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
     def work(spark) -> int:
         from seqlake import tables
@@ -411,7 +561,7 @@ def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
         tables.register(spark, cfg, ALL_TABLES)
         spark.sql(f"USE {cfg.lake.database}")
         result = spark.sql(args.statement)
-        result.show(args.max_rows, truncate=False)
+        print_result(result, args.format, args.max_rows)
         return 0
 
     return _with_spark(cfg, work)
@@ -419,7 +569,8 @@ def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "vocab": cmd_vocab,
-    "sequences": cmd_sequences, "state": cmd_state, "train": cmd_train, "sql": cmd_sql,
+    "sequences": cmd_sequences, "state": cmd_state, "profile": cmd_profile, "train": cmd_train, "score": cmd_score,
+    "evaluate": cmd_evaluate, "sql": cmd_sql,
 }
 
 

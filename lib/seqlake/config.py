@@ -201,6 +201,54 @@ class MlflowConfig:
     # champion's on the same test split by more than the margin.
     promotion_metric: str = "auc_pr"
     promotion_margin: float = 0.0
+    # Scoring and realised-performance runs (`score`, `evaluate`) log here.
+    scoring_experiment: str = "seqlake_scoring"
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    # Users whose last event falls in the lookback_days days ending with the score date.
+    lookback_days: int = 30
+    # Rows per Arrow batch handed to the model (one forward pass each, times the occlusions).
+    batch_rows: int = 1024
+    # Partitions the scoring inputs are cut into (0: spark.shuffle_partitions).
+    partitions: int = 0
+    # TensorFlow threads per Python worker (0: TensorFlow's default, every core). Spark runs one
+    # worker per task slot, so 1 keeps them from competing for the same cores.
+    tf_threads: int = 1
+    # Top reasons by occlusion: each (event type, category) group among the user's events is
+    # removed in turn and the drop in propensity is its impact. The newest max_groups groups
+    # are tried (cost: max_groups extra rows per user); impacts below min_impact are no reason.
+    explain: bool = True
+    explain_max_groups: int = 12
+    explain_min_impact: float = 0.005
+    # Monitoring: above these a warning goes to the run log and the run's tags.
+    warn_psi: float = 0.2
+    warn_oov_share: float = 0.2
+    warn_empty_share: float = 0.05
+    # Fewer users scored than this fails the run (exit 3): a broken input, not a quiet day.
+    min_users: int = 1
+
+
+@dataclass(frozen=True)
+class ActivityWeights:
+    view: float = 1.0
+    cart: float = 3.0
+    remove_from_cart: float = 0.0
+    fav: float = 2.0
+    purchase: float = 5.0
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    # Weighted activity (top categories and brands) = sum over event types of weight x count.
+    activity_weights: ActivityWeights = field(default_factory=ActivityWeights)
+    # Lifecycle segment as of the profile date D, first rule that applies:
+    # new: first event within new_days days of D; active: last event within active_days;
+    # at_risk: last event within at_risk_days; lapsed: otherwise.
+    new_days: int = 14
+    active_days: int = 7
+    at_risk_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -218,6 +266,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -340,6 +390,20 @@ def _validate(cfg: Config) -> None:
         (cfg.mlflow.promotion_metric in ("auc_pr", "auc_roc", "lift_top_decile"),
          "mlflow.promotion_metric: expected 'auc_pr', 'auc_roc' or 'lift_top_decile'"),
         (cfg.mlflow.promotion_margin >= 0, "mlflow.promotion_margin: expected a number >= 0"),
+        (cfg.scoring.lookback_days >= 1, "scoring.lookback_days: expected an integer >= 1"),
+        (cfg.scoring.batch_rows >= 1, "scoring.batch_rows: expected an integer >= 1"),
+        (cfg.scoring.partitions >= 0, "scoring.partitions: expected an integer >= 0 (0 = spark.shuffle_partitions)"),
+        (cfg.scoring.tf_threads >= 0, "scoring.tf_threads: expected an integer >= 0 (0 = TensorFlow's default)"),
+        (cfg.scoring.explain_max_groups >= 1, "scoring.explain_max_groups: expected an integer >= 1"),
+        (cfg.scoring.explain_min_impact >= 0, "scoring.explain_min_impact: expected a number >= 0"),
+        (cfg.scoring.warn_psi >= 0 and 0 <= cfg.scoring.warn_oov_share <= 1 and 0 <= cfg.scoring.warn_empty_share <= 1,
+         "scoring.warn_psi/warn_oov_share/warn_empty_share: expected a number >= 0 and shares in [0, 1]"),
+        (cfg.scoring.min_users >= 0, "scoring.min_users: expected an integer >= 0"),
+        (all(getattr(cfg.profile.activity_weights, f.name) >= 0
+             for f in dataclasses.fields(cfg.profile.activity_weights)),
+         "profile.activity_weights: expected numbers >= 0"),
+        (1 <= cfg.profile.active_days <= cfg.profile.at_risk_days and cfg.profile.new_days >= 1,
+         "profile.new_days/active_days/at_risk_days: expected integers >= 1 with active_days <= at_risk_days"),
     ]
     for ok, message in checks:
         if not ok:

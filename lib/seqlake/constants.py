@@ -57,3 +57,11 @@ STATE_DATE = "state_date"
 
 STAGE_SEQUENCES = "sequences"
 STAGE_STATE = "state"
+
+USER_PROPENSITY = "user_propensity"
+SCORE_RUNS = "score_runs"
+PROPENSITY_EVALUATION = "propensity_evaluation"
+USER_PROFILE = "user_profile"
+SCORE_DATE = "score_date"
+PROFILE_DATE = "profile_date"
+STAGE_SCORE = "score"

@@ -109,3 +109,48 @@ def plots(results: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path) -> l
     ax.legend(fontsize=8)
     save(fig, "score_distribution.png")
     return written
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def histogram_plot(counts: list[int], path: Path, *, title: str) -> Path:
+    """Bar chart of propensity counts in equal bins over [0, 1] (counted by Spark)."""
+    plt = _figure()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 1.0 / len(counts)
+    ax.bar(np.arange(len(counts)) * width, counts, width=width, align="edge")
+    ax.set(xlabel="propensity", ylabel="users", title=title, xlim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def decile_plots(mean_score: np.ndarray, rate: np.ndarray, base_rate: float, out_dir: Path, *, title: str) -> list[Path]:
+    """Calibration (mean score vs realised rate per decile) and decile lift, from per-decile rows."""
+    plt = _figure()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.plot(mean_score, rate, "o-")
+    top = max(float(np.max(mean_score, initial=0)), float(np.max(rate, initial=0)), 0.01)
+    ax.plot([0, top], [0, top], "k:", lw=1)
+    ax.set(xlabel="mean predicted propensity (decile)", ylabel="realised purchase rate", title=f"Calibration, {title}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "calibration.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(np.arange(1, len(rate) + 1), rate / base_rate if base_rate > 0 else rate)
+    ax.axhline(1.0, color="k", ls=":", lw=1)
+    ax.set(xlabel="decile (1 = highest)", ylabel="lift", title=f"Decile lift, {title}", xticks=range(1, len(rate) + 1))
+    fig.tight_layout()
+    fig.savefig(out_dir / "decile_lift.png", dpi=100)
+    plt.close(fig)
+    return [out_dir / "calibration.png", out_dir / "decile_lift.png"]

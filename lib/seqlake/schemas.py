@@ -129,7 +129,12 @@ DAILY_COUNTS = T.StructType([
     T.StructField("event_date", T.DateType(), False),
     T.StructField("carts", T.LongType(), False),
     T.StructField("purchases", T.LongType(), False),
+    # Sessions started that day (a session crossing midnight counts on the day it started).
+    T.StructField("sessions", T.LongType(), False),
 ])
+
+# Event counts per event type, in constants.EVENT_TYPES order.
+_TYPE_COUNTS = T.ArrayType(T.LongType(), False)
 
 # Per (source, user): everything a snapshot needs, as of the user's last event. A pure function
 # of the user's events, so daily MERGEs and a one-shot computation give identical rows.
@@ -145,8 +150,18 @@ USER_STATE = T.StructType([
     T.StructField("monetary", T.DecimalType(38, 6), False),
     T.StructField("n_sessions", T.LongType(), False),
     T.StructField("active_days", T.LongType(), False),
-    # Days with carts or purchases among the 30 days ending with last_event_date, in date order.
+    # Every active day among the 30 days ending with last_event_date, in date order.
     T.StructField("daily", T.ArrayType(DAILY_COUNTS, False), False),
+    # Total session duration: over events continuing a session, the time since the previous
+    # event. Whole microseconds, so the sum does not depend on the order days were added in.
+    T.StructField("session_micros", T.LongType(), False),
+    # Events by UTC hour of ts (24 counts, hour 0 first) and by weekday of event_date (7, Monday first).
+    T.StructField("hour_counts", T.ArrayType(T.LongType(), False), False),
+    T.StructField("weekday_counts", T.ArrayType(T.LongType(), False), False),
+    # Per category_id and per brand (null brand left out): event counts per type. Raw counts, so
+    # profile.activity_weights apply at read time and a change of weights needs no rebuild.
+    T.StructField("category_counts", T.MapType(T.StringType(), _TYPE_COUNTS, False), False),
+    T.StructField("brand_counts", T.MapType(T.StringType(), _TYPE_COUNTS, False), False),
     # Vocabulary version the arrays are encoded with (the nightly fold keeps it; a scoring
     # snapshot for a model of another version needs `state --rebuild --vocab-version V`).
     T.StructField("vocab_version", T.IntegerType(), False),
@@ -219,3 +234,309 @@ RUN_METRICS = T.StructType([
     T.StructField("oov_share", T.DoubleType(), False),
     T.StructField("recorded_at", T.TimestampType(), False),
 ])
+
+
+def _c(name: str, dtype: T.DataType, nullable: bool, comment: str) -> T.StructField:
+    """A field whose comment Delta keeps and `DESCRIBE seqlake.<table>` shows analysts."""
+    return T.StructField(name, dtype, nullable, {"comment": comment})
+
+
+REASON = T.StructType([
+    _c("event_type", T.StringType(), False, "event type of the events behind the reason"),
+    _c("category", T.StringType(), True, "their category id (null: unknown to the model's vocabulary)"),
+    _c("events", T.IntegerType(), False, "how many of the user's last events are in this group"),
+    _c("within_days", T.IntegerType(), False, "the oldest of them is at most this many days old"),
+    _c("impact", T.DoubleType(), False, "drop in propensity when these events are removed (occlusion)"),
+    _c("text", T.StringType(), False, "the reason in words"),
+])
+
+# One row per (source, score_date, user): the nightly score. Rerun with the same champion: same rows.
+USER_PROPENSITY = T.StructType([
+    _c("source", T.StringType(), False, "source of the events"),
+    _c("score_date", T.DateType(), False, "last day of data in the inputs; predicts purchases from the next day on"),
+    _c("user_id", T.StringType(), False, "user id (pseudonymised when pseudonymise.enabled)"),
+    _c("propensity", T.DoubleType(), False, "probability of a purchase within horizon_days after score_date"),
+    _c("rank", T.LongType(), False, "1 = highest propensity of the day (ties by user_id)"),
+    _c("decile", T.IntegerType(), False, "1 = top 10% of the day's users by rank, 10 = bottom"),
+    _c("horizon_days", T.IntegerType(), False, "days of the prediction window, starting the day after score_date"),
+    _c("model_name", T.StringType(), False, "registered MLflow model"),
+    _c("model_version", T.StringType(), False, "its version that held the champion alias"),
+    _c("vocab_version", T.IntegerType(), False, "vocabulary version the model was trained and scored with"),
+    _c("run_id", T.StringType(), False, "MLflow run that trained the model"),
+    _c("reasons", T.ArrayType(REASON, False), False, "up to three top reasons, strongest first"),
+])
+
+# One row per scoring run (audit, appended): what was scored with what, and its monitoring.
+SCORE_RUNS = T.StructType([
+    _c("run_id", T.StringType(), False, "scoring run"),
+    _c("source", T.StringType(), False, "source of the events"),
+    _c("score_date", T.DateType(), False, "the day scored"),
+    _c("model_name", T.StringType(), False, "registered MLflow model"),
+    _c("model_version", T.StringType(), False, "champion version used"),
+    _c("vocab_version", T.IntegerType(), False, "vocabulary version of the inputs"),
+    _c("users_scored", T.LongType(), False, "rows written to user_propensity"),
+    _c("propensity_mean", T.DoubleType(), False, "mean propensity"),
+    _c("propensity_p10", T.DoubleType(), False, "10th percentile (approximate)"),
+    _c("propensity_p50", T.DoubleType(), False, "median (approximate)"),
+    _c("propensity_p90", T.DoubleType(), False, "90th percentile (approximate)"),
+    _c("psi", T.DoubleType(), True, "population stability index against the previous scored day (null: none)"),
+    _c("max_oov_share", T.DoubleType(), False, "largest OOV share of the inputs' events over the features"),
+    _c("empty_share", T.DoubleType(), False, "share of users with no event the vocabulary knows"),
+    _c("warnings", T.ArrayType(T.StringType(), False), False, "monitoring thresholds exceeded"),
+    _c("model_loads", T.LongType(), False, "times a Python worker loaded the model"),
+    _c("batches", T.LongType(), False, "Arrow batches scored"),
+    _c("mlflow_run_id", T.StringType(), False, "the run in mlflow.scoring_experiment"),
+    _c("started_at", T.TimestampType(), False, "UTC"),
+    _c("finished_at", T.TimestampType(), False, "UTC"),
+])
+
+# One row per (source, score_date, decile): realised performance once the horizon has passed.
+PROPENSITY_EVALUATION = T.StructType([
+    _c("source", T.StringType(), False, "source of the events"),
+    _c("score_date", T.DateType(), False, "the scored day evaluated"),
+    _c("decile", T.IntegerType(), False, "1 = top 10% by propensity"),
+    _c("users", T.LongType(), False, "users scored in the decile"),
+    _c("buyers", T.LongType(), False, "of them, users who purchased within the horizon"),
+    _c("mean_propensity", T.DoubleType(), False, "mean predicted propensity in the decile"),
+    _c("purchase_rate", T.DoubleType(), False, "realised share of buyers in the decile"),
+    _c("lift", T.DoubleType(), True, "purchase_rate over the day's overall rate (null: no buyer at all)"),
+    _c("auc_roc", T.DoubleType(), True, "the day's realised AUC-ROC (same on every decile row)"),
+    _c("auc_pr", T.DoubleType(), True, "the day's realised AUC-PR"),
+    _c("log_loss", T.DoubleType(), False, "the day's log loss"),
+    _c("brier", T.DoubleType(), False, "the day's Brier score"),
+    _c("base_rate", T.DoubleType(), False, "the day's overall purchase rate"),
+    _c("horizon_days", T.IntegerType(), False, "purchases counted in [score_date + 1, score_date + horizon_days]"),
+    _c("model_version", T.StringType(), False, "model version that scored the day"),
+])
+
+# One row per (source, profile_date, user): every user of the state as of profile_date D, from
+# `user_state` alone. A rerun for D gives the same rows.
+USER_PROFILE = T.StructType([
+    _c("source", T.StringType(), False, "source of the events"),
+    _c("profile_date", T.DateType(), False, "the profile holds every event up to the end of this day (UTC)"),
+    _c("user_id", T.StringType(), False, "user id (pseudonymised when pseudonymise.enabled)"),
+    _c("recency_days", T.DoubleType(), False, "days from the last event to the end of profile_date"),
+    _c("frequency", T.LongType(), False, "purchases"),
+    _c("monetary", T.DecimalType(38, 6), False, "value of the purchases (sum of their prices; exact)"),
+    _c("n_events", T.LongType(), False, "events"),
+    _c("n_sessions", T.LongType(), False, "sessions started"),
+    _c("sessions_7d", T.LongType(), False, "sessions started in the 7 days ending with profile_date"),
+    _c("sessions_30d", T.LongType(), False, "sessions started in the 30 days ending with profile_date"),
+    _c("avg_session_events", T.DoubleType(), True, "events per session (null without a session start)"),
+    _c("avg_session_minutes", T.DoubleType(), True,
+       "mean session duration, first to last event, in minutes (null without a session start)"),
+    _c("top_categories", T.ArrayType(T.StringType(), False), False,
+       "up to 3 category ids by weighted activity (profile.activity_weights), highest first, ties by id; "
+       "activity 0 left out"),
+    _c("top_brands", T.ArrayType(T.StringType(), False), False,
+       "up to 3 brands by weighted activity, as top_categories (events without a brand left out)"),
+    _c("preferred_hour", T.IntegerType(), False, "UTC hour 0-23 with the most events (ties: the earliest)"),
+    _c("preferred_weekday", T.StringType(), False, "Monday..Sunday, UTC, with the most events (ties: the earliest)"),
+    _c("days_since_first_event", T.IntegerType(), False, "whole days from the first event's UTC date to profile_date"),
+    _c("days_since_last_event", T.IntegerType(), False, "whole days from the last event's UTC date to profile_date"),
+    _c("segment", T.StringType(), False,
+       "lifecycle, first rule that applies: new (days_since_first_event < profile.new_days), active "
+       "(days_since_last_event < profile.active_days), at_risk (< profile.at_risk_days), lapsed"),
+    _c("propensity", T.DoubleType(), True, "user_propensity of profile_date (null: not scored that day)"),
+    _c("decile", T.IntegerType(), True, "its decile, 1 = top 10% (null: not scored that day)"),
+])
+
+# Comments of the `events` columns, shared by `session_events` (which carries them all).
+_EVENT_COMMENTS = {
+    "event_id": "Event id: 32 hex chars (128 bits of SHA-256) over "
+                "the source and canonical fields; duplicates share it",
+    "user_id": "User id from the source (HMAC-SHA256 pseudonym in hex when pseudonymise.enabled)",
+    "ts": "Event time, UTC",
+    "event_type": "Canonical event type: view, cart, remove_from_cart, fav or purchase",
+    "item_id": "Item (product) id from the source",
+    "category_id": "Category id from the source (a source without one maps another column to it)",
+    "category_path": "Category path or code from the source, e.g. REES46 category_code (null if none)",
+    "brand": "Brand from the source (null if unknown)",
+    "price": "Item price as given by the source, in its currency (null if none; never negative)",
+    "source_session_id": "Session id the source itself recorded, e.g. REES46 user_session (null if none)",
+    "source": "Source name (conf/sources/<name>.yaml) the event was ingested from",
+    "event_date": "UTC date of ts (partition column)",
+}
+
+# Column comments of the tables whose schemas above carry none; `tables.register` applies the
+# missing ones (ALTER COLUMN ... COMMENT) so `DESCRIBE seqlake.<table>` explains every column.
+COMMENTS: dict[str, dict[str, str]] = {
+    "events": dict(_EVENT_COMMENTS),
+    "events_quarantine": {
+        "run_id": "Ingest or sessionize run that quarantined the row (a rerun of the window replaces it with its own)",
+        "stage": "Stage that rejected the row: ingest or sessionize",
+        "source": "Source name the row came from",
+        "reason": "Reason code: the first check that failed, e.g. missing_user_id, ts_before_window, user_daily_cap",
+        "detail": "What failed, in words, e.g. an excerpt of the offending value",
+        "raw_record": "The rejected input line (for user_daily_cap: the "
+                      "event as JSON); user ids pseudonymised if enabled",
+        "source_file": "Input file the line was read from (null for user_daily_cap rows)",
+        "user_id": "User id of the row if it could be read (pseudonymised if enabled), else null",
+        "event_id": "Event id, for user_daily_cap rows only (null for ingest rejections, which never became events)",
+        "event_ts": "Parsed event time, UTC (null if missing or unparseable)",
+        "run_date": "Logical date: ingest, first day of the run window; sessionize, UTC date of the capped event",
+    },
+    "ingest_runs": {
+        "run_id": "Ingest run id",
+        "source": "Source name ingested",
+        "window_start": "First UTC day of the run window",
+        "window_end": "Last UTC day of the run window (inclusive)",
+        "inputs": "Paths read: --input as given, else the landing folder of each day of the window",
+        "started_at": "Run start, UTC",
+        "finished_at": "Run end, UTC (when this row was written)",
+        "rows_read": "Non-header input lines: written + quarantined + duplicates dropped + held back",
+        "rows_written": "Rows written to events (0 when the run failed its quarantine threshold)",
+        "rows_quarantined": "Rows written to events_quarantine",
+        "duplicates_dropped": "Exact duplicates of an event written by the run, dropped",
+        "rows_held_back": "Valid rows not written because the run exceeded ingest.quarantine_threshold (else 0)",
+        "quarantined_by_reason": "Quarantined rows per reason code",
+        "status": "ok, or failed (quarantine threshold exceeded or row accounting not balanced)",
+        "message": "Why the run failed (null when ok)",
+    },
+    "session_events": {
+        **_EVENT_COMMENTS,
+        "activity_start": "Time (UTC) of the first event of the uninterrupted "
+                          "activity (no gap over gap_minutes) of the event",
+        "session_id": "Session id: 128 bits of SHA-256 over source, user_id, activity_start and slice",
+        "session_seq": "1-based position of the event in its session, by (ts, event_id)",
+        "is_session_start": "True for the first event of its session",
+    },
+    "sessions": {
+        "user_id": "User id (pseudonymised when pseudonymise.enabled)",
+        "session_id": "Session id, as in session_events",
+        "source": "Source name of the events",
+        "session_start": "Time of the first event of the session, UTC",
+        "session_end": "Time of the last event of the session, UTC",
+        "duration_seconds": "session_end minus session_start, in seconds (0 for a one-event session)",
+        "activity_start": "Start (UTC) of the uninterrupted activity it was "
+                          "cut from; session_start unless max_duration split it",
+        "n_events": "Events in the session",
+        "n_view": "View events in the session",
+        "n_cart": "Cart (add to cart) events in the session",
+        "n_remove_from_cart": "Remove-from-cart events in the session",
+        "n_fav": "Favourite (wishlist) events in the session",
+        "n_purchase": "Purchase events in the session",
+        "distinct_items": "Distinct item_id values in the session",
+        "revenue": "Sum of the prices of the purchase events of the session (a missing price counts 0)",
+        "has_purchase": "True if the session has at least one purchase event",
+        "session_date": "UTC date of session_start (partition; a session crossing midnight counts on its start day)",
+    },
+    "sessionize_runs": {
+        "run_id": "Sessionize run id",
+        "source": "Source name sessionized",
+        "date_from": "First UTC day sessionized",
+        "date_to": "Last UTC day sessionized (inclusive)",
+        "started_at": "Run start, UTC",
+        "finished_at": "Run end, UTC (when this row was written)",
+        "events_in": "Events of the days read from events: events_sessionized + events_capped",
+        "events_sessionized": "Events written to session_events",
+        "events_capped": "Events over sessionize.user_daily_cap, quarantined as user_daily_cap",
+        "sessions_touched": "Session rows recomputed and upserted (MERGE) into sessions",
+    },
+    "vocab": {
+        "source": "Source name the vocabulary was fitted on (partition)",
+        "vocab_version": "Vocabulary version; each version holds the whole vocabulary (partition)",
+        "feature": "Encoded feature: event_type, item_id, category_id or brand",
+        "token": "Feature value, e.g. an item id",
+        "index": "Integer the token encodes to, from 2 + oov_buckets on (0 pad, 1 null, 2 .. 1 + K OOV); never moves",
+        "count": "Occurrences in this version fit window (0 for a kept token not seen in it)",
+        "first_seen": "First day the token was seen by any fit of this source vocabulary",
+    },
+    "vocab_versions": {
+        "source": "Source name the vocabulary was fitted on",
+        "vocab_version": "Vocabulary version",
+        "feature": "Encoded feature: event_type, item_id, category_id or brand",
+        "fit_from": "First day of the fit window of sessionized events",
+        "fit_to": "Last day of the fit window (inclusive)",
+        "oov_buckets": "K hashed out-of-vocabulary buckets, indices 2 .. 1 + K (fixed for the life of the vocabulary)",
+        "min_count": "Occurrences in the fit window a new token needs to enter the vocabulary",
+        "max_size": "Most tokens the vocabulary may hold; later newcomers share the OOV buckets",
+        "tokens": "Tokens in this version (kept and new)",
+        "new_tokens": "Tokens this version added to the previous one",
+        "cardinality": "Largest index in use + 1: the embedding input size a model needs",
+        "created_at": "When the version was written, UTC",
+    },
+    "user_sequences": {
+        "source": "Source name of the events (partition)",
+        "user_id": "User id (pseudonymised when pseudonymise.enabled)",
+        "snapshot_date": "Cutoff: inputs hold only events before 00:00 UTC of this day (partition)",
+        "vocab_version": "Vocabulary version the arrays are encoded with",
+        "length": "True events in the arrays (at most sequences.length); the rest, on the left, is padding 0",
+        "event_type": "Encoded event types of the last events before the cutoff, in time order, left-padded with 0",
+        "item": "Encoded item ids of those events (vocab indices), left-padded with 0",
+        "category": "Encoded category ids of those events (vocab indices), left-padded with 0",
+        "brand": "Encoded brands of those events (vocab indices), left-padded with 0",
+        "price_bucket": "Price buckets of those events: 0 pad, 1 null, 2 under 1, then one per power of two",
+        "gap_bucket": "Seconds since the previous event, bucketed: 0 pad, "
+                      "1 none, 2 under 1 s, then one per power of two",
+        "session_start": "1 where the event opens a session, 0 otherwise and on padding",
+        "recency_days": "Days (fractional) from the last event to the cutoff, 00:00 UTC of snapshot_date",
+        "frequency": "Purchases before the cutoff",
+        "monetary": "Sum of the prices of the purchases before the cutoff",
+        "n_events": "Events before the cutoff",
+        "n_sessions": "Sessions started before the cutoff",
+        "active_days": "Distinct UTC days with events before the cutoff",
+        "carts_7d": "Cart events in the 7 days before snapshot_date",
+        "purchases_7d": "Purchase events in the 7 days before snapshot_date",
+        "carts_30d": "Cart events in the 30 days before snapshot_date",
+        "purchases_30d": "Purchase events in the 30 days before snapshot_date",
+        "label": "1 if the user purchases in [snapshot_date, snapshot_date + horizon_days), else 0; null for scoring",
+        "horizon_days": "Days of the label window, starting on snapshot_date",
+        "split": "train, validation or test, by a hash of source and user_id: the same at every cutoff (partition)",
+    },
+    "user_state": {
+        "source": "Source name of the events (partition)",
+        "user_id": "User id (pseudonymised when pseudonymise.enabled)",
+        "first_ts": "Time of the first event of the user, UTC",
+        "last_ts": "Time of the last event of the user, UTC",
+        "last_event_date": "UTC date of last_ts",
+        "n_events": "Events of the user",
+        "n_purchases": "Purchase events",
+        "monetary": "Sum of the prices of the purchase events (a missing price counts 0), exact decimal",
+        "n_sessions": "Sessions started (events that open a session)",
+        "active_days": "Distinct UTC days with at least one event",
+        "daily": "Each active day of the 30 ending with last_event_date, "
+                 "in date order: carts, purchases, sessions started",
+        "session_micros": "Total session duration in microseconds: within sessions, the sum of the gaps between events",
+        "hour_counts": "Events per UTC hour of ts: 24 counts, hour 0 first",
+        "weekday_counts": "Events per weekday of event_date: 7 counts, Monday first",
+        "category_counts": "Per category_id: event counts per type, in the "
+                           "order view, cart, remove_from_cart, fav, purchase",
+        "brand_counts": "Per brand (none for a null brand): event counts per type, in the order of category_counts",
+        "vocab_version": "Vocabulary version the arrays are encoded with "
+                         "(kept every night; changed by state --rebuild)",
+        "event_type": "Encoded event types of the last sequences.length events in (ts, event_id) order, not padded",
+        "item": "Encoded item ids of those events (vocab indices), not padded",
+        "category": "Encoded category ids of those events (vocab indices), not padded",
+        "brand": "Encoded brands of those events (vocab indices), not padded",
+        "price_bucket": "Price buckets of those events: 1 null, 2 under 1, then one per power of two",
+        "gap_bucket": "Seconds since the previous event, bucketed: 1 none, 2 under 1 s, then one per power of two",
+        "session_start": "1 where the event opens a session, else 0",
+    },
+    "state_runs": {
+        "run_id": "State run id",
+        "source": "Source name of the state",
+        "state_date": "The state holds every event up to and including this UTC day",
+        "mode": "bootstrap (first run), incremental (one day folded in), rebuild (from history) or noop (day held)",
+        "vocab_version": "Vocabulary version the state arrays are encoded with",
+        "events_in": "Events read: the day (incremental) or all history up to state_date (bootstrap, rebuild); 0 noop",
+        "users_updated": "User rows written (updated or inserted)",
+        "users_total": "User rows of the source in user_state after the run",
+        "started_at": "Run start, UTC",
+        "finished_at": "Run end, UTC (when this row was written)",
+    },
+    "run_metrics": {
+        "run_id": "Run that encoded the events (a sequences, state or score run)",
+        "stage": "Stage that recorded the metrics: sequences, state or score (partition)",
+        "source": "Source name of the events",
+        "run_date": "Day of the run: the snapshot cutoff (sequences) or the day encoded (state, score)",
+        "vocab_version": "Vocabulary version used to encode",
+        "feature": "Vocabulary feature: event_type, item_id, category_id or brand",
+        "events": "Events encoded: the day of events (state), the events in the input arrays (sequences, score)",
+        "null_events": "Of them, events whose feature value is null (index 1)",
+        "oov_events": "Of them, events whose value is out of the vocabulary (an OOV bucket)",
+        "null_share": "null_events / events (0 without events)",
+        "oov_share": "oov_events / events (0 without events); a catalogue drifting from the vocabulary shows here",
+        "recorded_at": "When the metrics were written, UTC",
+    },
+}

@@ -16,6 +16,13 @@ Runs (``seqlake state --date D``):
 
 The per-event arrays are stored encoded with one vocabulary version (recorded per row and per
 run); a night folds the day in with that same version, so it never drifts under a refit.
+
+Besides the sequence features, the state accumulates what ``profiles`` needs, each foldable
+exactly: event counts per event type for every category and brand the user touched, events per
+UTC hour and per weekday, session starts per active day of the last 30, and the total session
+duration (``session_micros``). The day's first event may continue the session of the user's last
+stored event (a session crossing midnight); its gap to ``last_ts`` is only known at fold time, so
+``day_state`` tells ``combine_states`` whether that first event opens a session (``OPENS_SESSION``).
 """
 from __future__ import annotations
 
@@ -35,8 +42,11 @@ from seqlake.progress import log, stage
 from seqlake.sessionize import never_sessionized
 
 KEY = [C.SOURCE, C.USER_ID]
-DAILY_DAYS = 30  # days of cart/purchase counts kept: enough for the 30-day features
+DAILY_DAYS = 30  # active days kept in `daily`: enough for the 30-day features
 _MONEY = T.DecimalType(38, 6)
+# day_state only: whether the day's first event opens a session (False: it continues the
+# session of the user's last stored event, and its gap to that event is session time).
+OPENS_SESSION = "_opens_session"
 
 
 class StateGap(RuntimeError):
@@ -67,17 +77,29 @@ def _field_of(name: str):
     return lambda element: element[name]
 
 
-def history_state(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFrame:
-    """The state of every user in ``encoded`` (session_events rows through
-    ``vocab.with_encoded_tokens``), as of their last event.
+def _counts_by_event_type() -> F.Column:
+    """Aggregate: the group's events per event type, in constants.EVENT_TYPES order."""
+    return F.array(*[F.sum((F.col(C.EVENT_TYPE) == t).cast("long")) for t in C.EVENT_TYPES])
 
-    Keeps the LAST ``length`` events of each user, in (ts, event_id) order. One shuffle by
-    user: the window's partitioning serves both aggregations and their join.
-    """
+
+def _add_arrays(a: F.Column, b: F.Column) -> F.Column:
+    return F.zip_with(a, b, lambda x, y: x + y)
+
+
+def _add_count_maps(a: F.Column, b: F.Column) -> F.Column:
+    """Token -> counts maps added token by token (a token missing on one side counts zero there)."""
+    return F.map_zip_with(
+        a, b, lambda _, x, y: F.when(x.isNull(), y).when(y.isNull(), x).otherwise(_add_arrays(x, y))
+    )
+
+
+def _per_user(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFrame:
+    """``history_state``'s rows plus ``OPENS_SESSION`` (see ``day_state``)."""
     by_time = Window.partitionBy(*KEY).orderBy(C.TS, C.EVENT_ID)
     whole = Window.partitionBy(*KEY)
     is_cart = F.col(C.EVENT_TYPE) == "cart"
     is_purchase = F.col(C.EVENT_TYPE) == "purchase"
+    is_start = F.col("is_session_start")
     enc = [vocab.ENC_PREFIX + name for name in vocab.ARRAYS]
     ranked = (
         encoded.withColumn("_prev_ts", F.lag(C.TS).over(by_time))
@@ -86,6 +108,11 @@ def history_state(encoded: DataFrame, *, length: int, vocab_version: int) -> Dat
         .withColumn("_total", F.count(F.lit(1)).over(whole))
         .withColumn("_last_date", F.max(C.EVENT_DATE).over(whole))
     )
+    # An event that continues a session adds its gap to the previous event: summed, the sessions'
+    # durations. Without a previous event here (the first of a day_state), combine_states adds it.
+    session_gap = F.when(
+        ~is_start & F.col("_prev_ts").isNotNull(), F.unix_micros(C.TS) - F.unix_micros("_prev_ts")
+    ).otherwise(F.lit(0).cast("long"))
     # The position _n leads the struct, so sorting the collected list restores time order.
     recent_event = F.struct(F.col("_n"), *[F.col(c) for c in enc])
     per_user = ranked.groupBy(*KEY).agg(
@@ -96,36 +123,81 @@ def history_state(encoded: DataFrame, *, length: int, vocab_version: int) -> Dat
         F.sum(is_purchase.cast("long")).alias("n_purchases"),
         F.sum(F.when(is_purchase, F.coalesce(F.col("price").cast(_MONEY), F.lit(0).cast(_MONEY)))
               .otherwise(F.lit(0).cast(_MONEY))).cast(_MONEY).alias("monetary"),
-        F.sum(F.col("is_session_start").cast("long")).alias("n_sessions"),
+        F.sum(is_start.cast("long")).alias("n_sessions"),
+        F.sum(session_gap).alias("session_micros"),
+        # Hours of ts and weekdays of event_date are UTC (the session time zone, spark.py).
+        F.array(*[F.sum((F.hour(C.TS) == h).cast("long")) for h in range(24)]).alias("hour_counts"),
+        F.array(*[F.sum((F.weekday(C.EVENT_DATE) == d).cast("long")) for d in range(7)]).alias("weekday_counts"),
+        F.bool_or((F.col("_n") == 1) & is_start).alias(OPENS_SESSION),
         F.array_sort(F.collect_list(F.when(F.col("_n") > F.col("_total") - length, recent_event))).alias("_recent"),
     )
     per_day = ranked.groupBy(*KEY, C.EVENT_DATE).agg(
         F.sum(is_cart.cast("long")).alias("carts"),
         F.sum(is_purchase.cast("long")).alias("purchases"),
+        F.sum(is_start.cast("long")).alias("sessions"),
         F.first("_last_date").alias("_last_date"),
     )
-    keep_day = (F.col(C.EVENT_DATE) > F.date_sub("_last_date", DAILY_DAYS)) & (
-        (F.col("carts") > 0) | (F.col("purchases") > 0)
-    )
+    # Every active day of the 30 ending with the last one (combine_states keeps the same days).
+    keep_day = F.col(C.EVENT_DATE) > F.date_sub("_last_date", DAILY_DAYS)
     days = per_day.groupBy(*KEY).agg(
         F.count(F.lit(1)).alias("active_days"),
         F.array_sort(
-            F.collect_list(F.when(keep_day, F.struct(C.EVENT_DATE, "carts", "purchases")))
+            F.collect_list(F.when(keep_day, F.struct(C.EVENT_DATE, "carts", "purchases", "sessions")))
         ).alias("daily"),
+    )
+    # Categories and brands in one pass: each event counts once under ("c", category_id) and once
+    # under ("b", brand); a null brand is grouped but left out of the map.
+    tokens = (
+        ranked.select(*KEY, C.EVENT_TYPE, F.explode(F.array(
+            F.struct(F.lit("c").alias("kind"), F.col("category_id").alias("token")),
+            F.struct(F.lit("b").alias("kind"), F.col("brand").alias("token")),
+        )).alias("_t"))
+        .select(*KEY, C.EVENT_TYPE, "_t.kind", "_t.token")
+        .groupBy(*KEY, "kind", "token")
+        .agg(_counts_by_event_type().alias("counts"))
+    )
+
+    def count_map(kind: str) -> F.Column:
+        entry = F.when((F.col("kind") == kind) & F.col("token").isNotNull(), F.struct("token", "counts"))
+        return F.map_from_entries(F.collect_list(entry))
+
+    by_token = tokens.groupBy(*KEY).agg(
+        count_map("c").alias("category_counts"), count_map("b").alias("brand_counts")
     )
     return (
         per_user.join(days, on=KEY, how="inner")
+        # Every user has a category, so "left" equals "inner" here; but a left join whose right
+        # side is unused is dropped by Spark: sequence snapshots from history skip this branch.
+        .join(by_token, on=KEY, how="left")
         .withColumn(C.VOCAB_VERSION, F.lit(vocab_version))
         .select(
             *[c for c in _state_columns() if c not in vocab.ARRAYS],
+            OPENS_SESSION,
             *[F.transform("_recent", _field_of(c)).alias(name) for name, c in zip(vocab.ARRAYS, enc)],
         )
-        .select(*_state_columns())
+        .select(*_state_columns(), OPENS_SESSION)
     )
 
 
+def history_state(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFrame:
+    """The state of every user in ``encoded`` (session_events rows through
+    ``vocab.with_encoded_tokens``), as of their last event.
+
+    Keeps the LAST ``length`` events of each user, in (ts, event_id) order. Every branch (per
+    user, per day, per category and brand) ends partitioned by user, so they join without
+    another shuffle.
+    """
+    return _per_user(encoded, length=length, vocab_version=vocab_version).select(*_state_columns())
+
+
+def day_state(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFrame:
+    """``history_state`` of one day's events plus ``OPENS_SESSION``: whether the user's first
+    event of the day opens a session. The input of ``combine_states``."""
+    return _per_user(encoded, length=length, vocab_version=vocab_version)
+
+
 def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length: int) -> DataFrame:
-    """Fold ``day`` (``history_state`` of one day's events) into ``old`` (the state before it).
+    """Fold ``day`` (``day_state`` of one day's events) into ``old`` (the state before it).
 
     Only users active on the day come out; their rows equal ``history_state`` over all their
     events. Relies on every event of the day being later than the state's last event, and on
@@ -140,6 +212,22 @@ def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length:
         day.join(renamed, on=KEY, how="left")
         .withColumn("_first_gap", vocab.gap_bucket(F.col("first_ts"), F.col("o_last_ts")))
         .withColumn("_fix_first", (F.col("n_events") <= F.lit(length)) & F.col("o_last_ts").isNotNull())
+        # A first event that continues the stored last event's session (across midnight) adds
+        # that gap: day_state could not see it.
+        .withColumn("_carried_micros", F.when(
+            ~F.col(OPENS_SESSION) & F.col("o_last_ts").isNotNull(),
+            F.unix_micros("first_ts") - F.unix_micros("o_last_ts"),
+        ).otherwise(F.lit(0).cast("long")))
+        # Count sums as columns first too: names next to lambdas then resolve to the day's
+        # columns, never to the select's aliases of the same names.
+        .withColumn("_hour_counts", F.when(F.col("o_hour_counts").isNull(), F.col("hour_counts"))
+                    .otherwise(_add_arrays(F.col("o_hour_counts"), F.col("hour_counts"))))
+        .withColumn("_weekday_counts", F.when(F.col("o_weekday_counts").isNull(), F.col("weekday_counts"))
+                    .otherwise(_add_arrays(F.col("o_weekday_counts"), F.col("weekday_counts"))))
+        .withColumn("_category_counts", F.when(F.col("o_category_counts").isNull(), F.col("category_counts"))
+                    .otherwise(_add_count_maps(F.col("o_category_counts"), F.col("category_counts"))))
+        .withColumn("_brand_counts", F.when(F.col("o_brand_counts").isNull(), F.col("brand_counts"))
+                    .otherwise(_add_count_maps(F.col("o_brand_counts"), F.col("brand_counts"))))
     )
     first_gap, fix_first = F.col("_first_gap"), F.col("_fix_first")
 
@@ -151,6 +239,7 @@ def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length:
         everything = F.concat(F.coalesce(F.col(f"o_{name}"), F.slice(name, 1, 0)), new)
         return F.slice(everything, F.greatest(F.size(everything) - F.lit(length) + 1, F.lit(1)), length)
 
+    # The days history_state keeps: event_date > last_event_date - DAILY_DAYS (= day_date here).
     cutoff = day_date - dt.timedelta(days=DAILY_DAYS - 1)
     old_daily = F.filter(F.coalesce(F.col("o_daily"), F.slice("daily", 1, 0)), lambda d: d[C.EVENT_DATE] >= F.lit(cutoff))
 
@@ -168,9 +257,14 @@ def combine_states(day: DataFrame, old: DataFrame, *, day_date: dt.date, length:
         plus("n_sessions").alias("n_sessions"),
         plus("active_days").alias("active_days"),
         F.concat(old_daily, F.col("daily")).alias("daily"),
+        (plus("session_micros") + F.col("_carried_micros")).alias("session_micros"),
+        F.col("_hour_counts").alias("hour_counts"),
+        F.col("_weekday_counts").alias("weekday_counts"),
+        F.col("_category_counts").alias("category_counts"),
+        F.col("_brand_counts").alias("brand_counts"),
         C.VOCAB_VERSION,
         *[kept(name).alias(name) for name in vocab.ARRAYS],
-    )
+    ).select(*_state_columns())
 
 
 # --------------------------------------------------------------------------- the run
@@ -290,12 +384,12 @@ def update_state(
                 .filter(F.col(C.SOURCE) == source)
                 .join(day_users, on=KEY, how="left_semi")
             )
-            day_state = history_state(vocab.with_encoded_tokens(day_events, vocabulary), length=length,
-                                      vocab_version=vocabulary.version)
+            day_rows = day_state(vocab.with_encoded_tokens(day_events, vocabulary), length=length,
+                                 vocab_version=vocabulary.version)
             target = DeltaTable.forPath(spark, path)
             (
                 target.alias("t")
-                .merge(combine_states(day_state, old, day_date=day, length=length).alias("s"),
+                .merge(combine_states(day_rows, old, day_date=day, length=length).alias("s"),
                        f"t.source = '{source}' AND t.source = s.source AND t.user_id = s.user_id")
                 # A user's state never moves backwards (defence against a replayed day).
                 .whenMatchedUpdateAll(condition="t.last_event_date < s.last_event_date")

@@ -92,6 +92,25 @@ def register(spark: SparkSession, cfg: Config, tables: Sequence[str]) -> list[st
         if not exists(spark, cfg, table):
             continue
         location = cfg.table_path(table).replace("'", "\\'")
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {db}.{table} USING DELTA LOCATION '{location}'")
+        if not spark.catalog.tableExists(f"{db}.{table}"):
+            spark.sql(f"CREATE TABLE {db}.{table} USING DELTA LOCATION '{location}'")
+            _apply_comments(spark, cfg, table)  # once, when the catalog first sees the table
         registered.append(f"{db}.{table}")
     return registered
+
+
+def _apply_comments(spark: SparkSession, cfg: Config, table: str) -> None:
+    """Give the table's columns the comments ``schemas.COMMENTS`` holds for them, where they lack
+    one (each is a Delta metadata commit, so only at registration; tables written with
+    ``schemas._c`` fields carry their comments from the first write)."""
+    from seqlake import schemas
+
+    wanted = getattr(schemas, "COMMENTS", {}).get(table)
+    if not wanted:
+        return
+    current = {f.name: f.metadata.get("comment") for f in read(spark, cfg, table).schema.fields}
+    target = f"delta.`{cfg.table_path(table)}`"
+    for column, comment in wanted.items():
+        if column in current and current[column] != comment:
+            text = comment.replace("\\", "\\\\").replace("'", "\\'")
+            spark.sql(f"ALTER TABLE {target} ALTER COLUMN `{column}` COMMENT '{text}'")

@@ -18,7 +18,12 @@ CHAMPION = "champion"
 
 
 def setup(cfg: Config) -> str:
-    """Point MLflow at the configured store; the experiment id (created if missing)."""
+    """Point MLflow at the configured store; the training experiment's id (created if missing)."""
+    return setup_experiment(cfg, cfg.mlflow.experiment)
+
+
+def setup_experiment(cfg: Config, name: str) -> str:
+    """Point MLflow at the configured store; the id of experiment ``name`` (created if missing)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -28,10 +33,10 @@ def setup(cfg: Config) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
-    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.mlflow_artifact_root())
+    return client.create_experiment(name, artifact_location=cfg.mlflow_artifact_root())
 
 
 def flat_params(cfg: Config) -> dict[str, str]:

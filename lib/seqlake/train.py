@@ -151,7 +151,8 @@ def train(spark: SparkSession, cfg: Config, *, source: str, workers: int | None 
 
             client = MlflowClient()
             for key, value in (("source", source), ("vocab_version", str(data.vocab_version)),
-                               ("model_type", cfg.model.type), ("eval_cutoff", str(data.eval_cutoff))):
+                               ("model_type", cfg.model.type), ("eval_cutoff", str(data.eval_cutoff)),
+                               ("horizon_days", str(cfg.sequences.horizon_days))):
                 client.set_model_version_tag(cfg.mlflow.registered_model, version, key, value)
 
         promoted, reason, theirs = promote(cfg, data, version, results["model"])

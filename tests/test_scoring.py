@@ -215,6 +215,9 @@ def test_every_readme_query_for_analysts_runs_against_the_lake(spark, scored, ca
     args = [a for setting in settings for a in ("--set", setting)]
     for query in queries:
         capsys.readouterr()
+        # The README names the default database; this session's catalog may already hold
+        # `seqlake.*` tables of other test lakes, so the queries go to a database of their own.
+        query = query.replace("seqlake.", "analysts.")
         assert cli.main([*args, "sql", query, "--format", "json"]) == 0, query
         rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
         title = query.splitlines()[0]

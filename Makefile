@@ -3,6 +3,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 SEQLAKE := $(BIN)/seqlake
+# Airflow lives in an environment of its own (STACK.md); its tasks call $(VENV)'s spark-submit.
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_BIN := $(AIRFLOW_VENV)/bin
+AIRFLOW_HOME ?= $(CURDIR)/.airflow
 # The demo's days follow generator.start_date / generator.days in conf/local.yaml.
 DEMO_FROM ?= 2024-01-01
 DEMO_TO ?= 2024-01-28
@@ -12,15 +16,21 @@ DEMO_DAY_BEFORE ?= 2024-01-27
 DEMO_CUTOFFS_FROM ?= 2024-01-08
 DEMO_CUTOFFS_TO ?= 2024-01-22
 
-.PHONY: setup demo demo-real test test-fast bench clean
+.PHONY: setup demo demo-real test test-fast bench airflow clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(AIRFLOW_VENV)/.installed
 
 # Recreated when the dependency list changes. setuptools < 70: petastorm needs it (STACK.md).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools<70" wheel
 	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+$(AIRFLOW_VENV)/.installed: airflow_dags/requirements.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_BIN)/pip install -q --upgrade pip
+	$(AIRFLOW_BIN)/pip install -q -r airflow_dags/requirements.txt
 	touch $@
 
 demo: setup
@@ -43,10 +53,11 @@ demo: setup
 	$(SEQLAKE) state --date $(DEMO_LAST_DAY)
 	$(SEQLAKE) score --date $(DEMO_LAST_DAY)
 	$(SEQLAKE) profile --date $(DEMO_LAST_DAY)
-	$(SEQLAKE) sql "SELECT user_id, round(propensity, 3) AS propensity, rank, reasons[0].text AS top_reason FROM user_propensity WHERE score_date = '$(DEMO_LAST_DAY)' ORDER BY rank LIMIT 5"
+	$(SEQLAKE) sql "SELECT user_id, round(propensity, 3) AS propensity, rank, get(reasons, 0).text AS top_reason FROM user_propensity WHERE score_date = '$(DEMO_LAST_DAY)' ORDER BY rank LIMIT 5"
 	@echo
 	@echo "Lake tables (Delta): $(CURDIR)/lake/{events,events_quarantine,ingest_runs,sessions,session_events,sessionize_runs,vocab,vocab_versions,user_sequences,user_state,state_runs,run_metrics,user_propensity,score_runs,user_profile}"
 	@echo "Query them:          $(SEQLAKE) sql \"SELECT * FROM seqlake.user_propensity LIMIT 10\"  (README: For analysts)"
+	@echo "Schedule it:         make airflow  (Airflow standalone with airflow_dags/: seqlake_nightly, seqlake_weekly_retrain; README: Orchestration)"
 	@echo "MLflow runs/models:  $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/_mlflow/mlflow.db  (artifacts: $(CURDIR)/lake/_mlflow/artifacts)"
 
 # The two real public samples in ../shared/data, through their source configs.
@@ -68,5 +79,13 @@ bench: setup
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_scoring.py
 
+# Airflow on this machine: scheduler, API server and UI (http://localhost:8080; the admin
+# password is printed and kept in $(AIRFLOW_HOME)) with the project's DAGs and a local[2] Spark.
+airflow: setup
+	AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/airflow_dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[2]"}' \
+	$(AIRFLOW_BIN)/airflow standalone
+
 clean:
-	rm -rf lake spark-warehouse metastore_db derby.log
+	rm -rf lake spark-warehouse metastore_db derby.log .airflow

@@ -138,7 +138,10 @@ def test_cli_rejects_bad_input_before_spark(tmp_path):
         (["--set", "sessionize.gap_minutes=-5", "sessionize", "--date", "2024-01-01"], "sessionize.gap_minutes"),
         (["ingest", "--source", "nosuch", "--date", "2024-01-01"], "source 'nosuch': no file"),
         (["sequences"], "a cutoff is required"),
-        (["sequences", "--cutoff", "2024-01-08", "--from", "2024-01-01", "--to", "2024-01-09"], "either --cutoff"),
+        (["sequences", "--cutoff", "2024-01-08", "--from", "2024-01-01", "--to", "2024-01-09"], "give one of --cutoff, --from/--to or --labelled-until"),
+        (["sequences", "--labelled-until", "2024-13-01"], "--labelled-until: expected a date as YYYY-MM-DD"),
+        (["check", "--date", "2024-01-08", "--only", "ingest,nosuch"], "--only ingest,nosuch: unknown ['nosuch']"),
+        (["landed", "--date", "20240108"], "--date: expected a date as YYYY-MM-DD"),
         (["state", "--date", "2024-1-8"], "--date: expected a date as YYYY-MM-DD"),
         (["vocab", "fit", "--from", "2024-01-09", "--to", "2024-01-01"], "--to 2024-01-01 is before --from"),
     ]
@@ -167,3 +170,30 @@ def test_partial_section_keeps_that_fields_own_defaults():
     assert cfg.vocab.item_id.min_count == 5
     assert cfg.vocab.item_id.oov_buckets == default.vocab.item_id.oov_buckets == 64
     assert cfg.vocab.item_id.max_size == default.vocab.item_id.max_size
+
+
+def test_labelled_cutoffs_end_where_the_label_horizon_meets_the_last_day():
+    from seqlake.sequences import labelled_cutoffs
+
+    # Horizon 7 from 2024-01-15 covers 01-15..01-21: the latest cutoff labelled by 01-21.
+    assert labelled_cutoffs(dt.date(2024, 1, 21), 7, 7, 3) == [dt.date(2024, 1, 1), dt.date(2024, 1, 8),
+                                                               dt.date(2024, 1, 15)]
+    assert labelled_cutoffs(dt.date(2024, 1, 21), 3, 1, 2) == [dt.date(2024, 1, 18), dt.date(2024, 1, 19)]
+
+
+def test_landed_needs_data_files_and_the_marker_when_one_is_configured(tmp_path):
+    from seqlake.checks import landed
+
+    cfg = load_config(None, [f"lake.landing_root={tmp_path}"])
+    day = dt.date(2024, 1, 8)
+    folder = tmp_path / "raw" / "generator" / "dt=2024-01-08"
+    assert landed(cfg, "generator", day) == (False, f"{folder} does not exist yet")
+    folder.mkdir(parents=True)
+    (folder / "_started").write_text("")
+    assert landed(cfg, "generator", day) == (False, f"{folder} has no data files yet")
+    (folder / "part-0.jsonl").write_text("{}\n")
+    assert landed(cfg, "generator", day)[0]
+    marked = load_config(None, [f"lake.landing_root={tmp_path}", "ingest.landing_marker=_SUCCESS"])
+    assert landed(marked, "generator", day) == (False, f"{folder} has 1 data files but no _SUCCESS yet")
+    (folder / "_SUCCESS").write_text("")
+    assert landed(marked, "generator", day) == (True, f"{folder}: 1 data files and _SUCCESS")

@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--source", help="source name; default: the config's `source`")
     seq.add_argument("--vocab-version", type=int, help="vocabulary version to encode with (default: the latest)")
     seq.add_argument("--scoring", action="store_true", help="unlabelled snapshot from user_state (nightly scoring)")
+    seq.add_argument("--labelled-until", metavar="D",
+                     help="the sequences.retrain_cutoffs latest cutoffs (sequences.cutoff_every_days apart) whose "
+                          "label horizon ends by D, the last day with data (weekly retraining)")
 
     sta = sub.add_parser(
         "state",
@@ -174,9 +177,28 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     trn.add_argument("--source", help="source name; default: the config's `source`")
+    trn.add_argument("--labelled-until", metavar="D",
+                     help="train on the snapshots of `sequences --labelled-until D` (instead of training.cutoffs)")
+    trn.add_argument("--no-promote", action="store_true",
+                     help="register the version as pending and leave the gate to `seqlake promote` (weekly DAG)")
     trn.add_argument("--workers", type=int,
                      help="TensorFlow workers (default: training.workers); more than 1 runs them as a Spark "
                           "barrier stage with MultiWorkerMirroredStrategy")
+
+    prm = sub.add_parser(
+        "promote",
+        help="apply the promotion gate to a trained model version",
+        description=(
+            "Score a registered version (default: the newest) and the current champion on the test split "
+            "of the latest training snapshot (the same data `train` selects) and move the alias `champion` "
+            "to the version only if its mlflow.promotion_metric beats the champion's by more than "
+            "mlflow.promotion_margin; the decision and its reason are recorded as tags of the version "
+            "and of its training run. A version already judged keeps its decision (a rerun changes nothing)."
+        ),
+    )
+    prm.add_argument("--source", help="source name; default: the config's `source`")
+    prm.add_argument("--labelled-until", metavar="D", help="the test split of `train --labelled-until D`'s latest snapshot")
+    prm.add_argument("--version", help="the model version to judge (default: the newest)")
 
     sco = sub.add_parser(
         "score",
@@ -211,6 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     eva.add_argument("--date", required=True, help="the scored day to evaluate, YYYY-MM-DD")
     eva.add_argument("--source", help="source name; default: the config's `source`")
+
+    chk = sub.add_parser(
+        "check",
+        help="check that a night's stages ran, balanced and wrote their rows",
+        description=(
+            "Checks of --date D, from the run-audit tables and D's partitions: the latest ingest run "
+            "covering D succeeded, balanced (read = written + quarantined + duplicates) and stayed within "
+            "ingest.quarantine_threshold, and `events` holds what it wrote; sessionize balanced and read "
+            "every event of D; `user_state` holds exactly D; `user_propensity` holds D's scores, as many as "
+            "D's scoring run reported; `user_profile` holds D's rows. Prints one line per check; exit 3 if "
+            "any failed."
+        ),
+    )
+    chk.add_argument("--date", required=True, help="the day to check, YYYY-MM-DD")
+    chk.add_argument("--source", help="source name; default: the config's `source`")
+    chk.add_argument("--only", help="comma-separated subset of ingest,sessionize,state,score,profile")
+
+    lnd = sub.add_parser(
+        "landed",
+        help="has a day's raw data arrived? (exit 0 yes, 3 not yet)",
+        description=(
+            "Whether <lake.landing_root>/raw/<source>/dt=D/ holds data files (and ingest.landing_marker, "
+            "when set). No Spark: reads the folder listing with pyarrow (local, s3a://, hdfs://). The "
+            "nightly DAG's sensor calls it. Exit 0 landed, 3 not yet."
+        ),
+    )
+    lnd.add_argument("--date", required=True, help="the day, YYYY-MM-DD")
+    lnd.add_argument("--source", help="source name; default: the config's `source`")
 
     sql = sub.add_parser(
         "sql",
@@ -253,7 +303,9 @@ def _with_spark(cfg: Config, work: Callable) -> int:
     spark = build_spark(cfg)
     try:
         code = work(spark)
-        registered = tables.register(spark, cfg, ALL_TABLES)
+        # Column comments are Delta commits: jobs add them only to a persistent catalog's new
+        # entries (once per table), not to every process's in-memory catalog; `sql` always does.
+        registered = tables.register(spark, cfg, ALL_TABLES, comments=cfg.lake.catalog == "hive")
         log.info("lake: %s  tables: %s", cfg.lake.root, ", ".join(registered))
         return code
     finally:
@@ -359,11 +411,30 @@ def cmd_vocab(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+def _labelled_cutoffs(cfg: Config, until: str) -> list[dt.date]:
+    from seqlake.sequences import labelled_cutoffs
+
+    return labelled_cutoffs(parse_date(until, "--labelled-until"), cfg.sequences.horizon_days,
+                            cfg.sequences.cutoff_every_days, cfg.sequences.retrain_cutoffs)
+
+
+def _with_training_cutoffs(cfg: Config, until: str | None) -> Config:
+    """``cfg`` whose training.cutoffs are those of ``--labelled-until`` (unchanged without it)."""
+    import dataclasses
+
+    if not until:
+        return cfg
+    cutoffs = tuple(d.isoformat() for d in _labelled_cutoffs(cfg, until))
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, cutoffs=cutoffs))
+
+
 def _cutoffs(cfg: Config, args: argparse.Namespace) -> list[dt.date]:
     from seqlake.sequences import cutoffs_between
 
-    if args.cutoff and (args.date_from or args.date_to):
-        raise ConfigError("give either --cutoff or --from/--to, not both")
+    if sum(map(bool, (args.cutoff, args.date_from or args.date_to, args.labelled_until))) > 1:
+        raise ConfigError("give one of --cutoff, --from/--to or --labelled-until")
+    if args.labelled_until:
+        return _labelled_cutoffs(cfg, args.labelled_until)
     if args.cutoff:
         return [parse_date(args.cutoff, "--cutoff")]
     if args.date_from or args.date_to:
@@ -461,9 +532,11 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     if cfg.training.batch_size % workers:
         raise ConfigError(f"--workers {workers}: training.batch_size {cfg.training.batch_size} must be a multiple of it")
 
+    cfg = _with_training_cutoffs(cfg, args.labelled_until)
+
     def work(spark) -> int:
         try:
-            r = train.train(spark, cfg, source=source, workers=workers)
+            r = train.train(spark, cfg, source=source, workers=workers, promote_now=not args.no_promote)
         except (dataset.NoTrainingData, dataset.RowCountMismatch) as exc:
             print(f"seqlake train: failed: {exc}", file=sys.stderr)
             return EXIT_DATA
@@ -479,6 +552,56 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
         return 0
 
     return _with_spark(cfg, work)
+
+
+def cmd_promote(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import dataset, train
+
+    source = args.source or cfg.source
+    cfg = _with_training_cutoffs(cfg, args.labelled_until)
+
+    def work(spark) -> int:
+        try:
+            r = train.judge(spark, cfg, source=source, version=args.version)
+        except (dataset.NoTrainingData, dataset.RowCountMismatch) as exc:
+            print(f"seqlake promote: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        state = "PROMOTED to champion" if r.promoted else "not promoted"
+        print(f"promote {cfg.mlflow.registered_model} version {r.model_version}: {state} ({r.reason})"
+              + (" [judged before; unchanged]" if r.already_judged else ""))
+        return 0
+
+    return _with_spark(cfg, work)
+
+
+def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import checks
+
+    day = parse_date(args.date, "--date")
+    source = args.source or cfg.source
+    only = tuple(x.strip() for x in args.only.split(",")) if args.only else tuple(checks.CHECKS)
+    unknown = set(only) - set(checks.CHECKS)
+    if unknown:
+        raise ConfigError(f"--only {args.only}: unknown {sorted(unknown)}; expected some of {','.join(checks.CHECKS)}")
+
+    def work(spark) -> int:
+        results = checks.night(spark, cfg, source=source, day=day, only=only)
+        for c in results:
+            print(f"  {'ok  ' if c.ok else 'FAIL'} {c.name:<11} {c.detail}")
+        failed = [c.name for c in results if not c.ok]
+        print(f"check {source} {day}: " + (f"FAILED {', '.join(failed)}" if failed else f"all {len(results)} passed"))
+        return EXIT_DATA if failed else 0
+
+    return _with_spark(cfg, work)
+
+
+def cmd_landed(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import checks
+
+    day = parse_date(args.date, "--date")
+    ready, detail = checks.landed(cfg, args.source or cfg.source, day)
+    print(f"landed {day}: {'yes' if ready else 'not yet'}: {detail}")
+    return 0 if ready else EXIT_DATA
 
 
 def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
@@ -570,7 +693,7 @@ def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
 COMMANDS = {
     "generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "vocab": cmd_vocab,
     "sequences": cmd_sequences, "state": cmd_state, "profile": cmd_profile, "train": cmd_train, "score": cmd_score,
-    "evaluate": cmd_evaluate, "sql": cmd_sql,
+    "evaluate": cmd_evaluate, "promote": cmd_promote, "check": cmd_check, "landed": cmd_landed, "sql": cmd_sql,
 }
 
 
@@ -588,7 +711,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_job(command: str, argv: Sequence[str]) -> int:
     """Entry for ``jobs/<command>.py`` under spark-submit: ``--conf``, ``--set`` and ``-v`` may
-    stand anywhere among the command's own arguments (``--date`` ...)."""
+    stand anywhere among the command's own arguments (``--date`` ...). Relative paths in the
+    config resolve against ``SEQLAKE_WORKDIR`` when it is set (Airflow tasks set it to the
+    project folder; spark-submit itself runs wherever its caller does)."""
+    import os
+
+    workdir = os.environ.get("SEQLAKE_WORKDIR")
+    if workdir:
+        os.chdir(workdir)
     global_args: list[str] = []
     command_args: list[str] = []
     i = 0

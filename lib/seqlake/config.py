@@ -67,6 +67,9 @@ class IngestConfig:
     max_record_chars: int = 16384
     # Files written per day into the events table (small-file control).
     files_per_day: int = 4
+    # A file that must be in a day's landing folder before `landed` (the nightly DAG's sensor)
+    # counts the day as arrived, e.g. _SUCCESS; empty: any data file will do.
+    landing_marker: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,9 @@ class SequencesConfig:
     # Parquet files per snapshot (>= the training workers that shard it) and row group size.
     files_per_snapshot: int = 4
     row_group_mb: int = 16
+    # `sequences` / `train --labelled-until D`: this many cutoffs, cutoff_every_days apart,
+    # the last one the latest whose label horizon ends by D (the weekly retraining window).
+    retrain_cutoffs: int = 4
 
 
 @dataclass(frozen=True)
@@ -359,6 +365,7 @@ def _validate(cfg: Config) -> None:
         (1 <= cfg.sequences.length <= 10000, "sequences.length: expected an integer in 1..10000"),
         (cfg.sequences.horizon_days >= 1, "sequences.horizon_days: expected an integer >= 1"),
         (cfg.sequences.cutoff_every_days >= 1, "sequences.cutoff_every_days: expected an integer >= 1"),
+        (cfg.sequences.retrain_cutoffs >= 1, "sequences.retrain_cutoffs: expected an integer >= 1"),
         (cfg.sequences.validation_share >= 0 and cfg.sequences.test_share >= 0
          and cfg.sequences.validation_share + cfg.sequences.test_share < 1,
          "sequences.validation_share/test_share: expected non-negative shares summing to less than 1"),

@@ -161,6 +161,13 @@ def cutoffs_between(first: dt.date, last: dt.date, every_days: int) -> list[dt.d
     return [first + dt.timedelta(days=d) for d in range(0, days + 1, every_days)]
 
 
+def labelled_cutoffs(until: dt.date, horizon_days: int, every_days: int, count: int) -> list[dt.date]:
+    """The ``count`` latest cutoffs, ``every_days`` apart, whose label horizon
+    [cutoff, cutoff + horizon_days) ends by ``until`` (the last day with data), oldest first."""
+    last = until - dt.timedelta(days=horizon_days - 1)
+    return [last - dt.timedelta(days=every_days * k) for k in reversed(range(count))]
+
+
 def sessionized_through(spark: SparkSession, cfg: Config, source: str) -> dt.date | None:
     """The last day sessionize has run for (from its audit table; no scan of the events)."""
     if not tables.exists(spark, cfg, C.SESSIONIZE_RUNS):

@@ -23,9 +23,13 @@ def build_spark(cfg: Config) -> SparkSession:
     # Executors must run this interpreter (the project's venv), also under spark-submit.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    # Under spark-submit (which starts the JVM and tells Python its gateway port) the launcher's
+    # --master decides, e.g. Airflow's Spark connection; spark.master serves the seqlake CLI.
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        builder = builder.master(cfg.spark.master)
     builder = (
-        SparkSession.builder.master(cfg.spark.master)
-        .appName(cfg.spark.app_name)
+        builder.appName(cfg.spark.app_name)
         .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
         .config("spark.driver.memory", cfg.spark.driver_memory)
         .config("spark.sql.session.timeZone", "UTC")

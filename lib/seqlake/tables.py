@@ -13,6 +13,7 @@ from pyspark.sql import DataFrame, SparkSession
 import pyspark.sql.types as T
 
 from seqlake.config import Config
+from seqlake.progress import log
 
 
 def exists(spark: SparkSession, cfg: Config, table: str) -> bool:
@@ -83,8 +84,9 @@ def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] =
     df.write.format("delta").mode("append").partitionBy(*partition_by).save(cfg.table_path(table))
 
 
-def register(spark: SparkSession, cfg: Config, tables: Sequence[str]) -> list[str]:
-    """Register existing Delta tables as ``<database>.<table>`` so SQL can name them."""
+def register(spark: SparkSession, cfg: Config, tables: Sequence[str], *, comments: bool = True) -> list[str]:
+    """Register existing Delta tables as ``<database>.<table>`` so SQL can name them; with
+    ``comments``, give a newly registered table its column comments."""
     db = cfg.lake.database
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
     registered = []
@@ -94,7 +96,8 @@ def register(spark: SparkSession, cfg: Config, tables: Sequence[str]) -> list[st
         location = cfg.table_path(table).replace("'", "\\'")
         if not spark.catalog.tableExists(f"{db}.{table}"):
             spark.sql(f"CREATE TABLE {db}.{table} USING DELTA LOCATION '{location}'")
-            _apply_comments(spark, cfg, table)  # once, when the catalog first sees the table
+            if comments:
+                _apply_comments(spark, cfg, table)  # once, when the catalog first sees the table
         registered.append(f"{db}.{table}")
     return registered
 
@@ -113,4 +116,13 @@ def _apply_comments(spark: SparkSession, cfg: Config, table: str) -> None:
     for column, comment in wanted.items():
         if column in current and current[column] != comment:
             text = comment.replace("\\", "\\\\").replace("'", "\\'")
-            spark.sql(f"ALTER TABLE {target} ALTER COLUMN `{column}` COMMENT '{text}'")
+            try:
+                spark.sql(f"ALTER TABLE {target} ALTER COLUMN `{column}` COMMENT '{text}'")
+            except Exception as exc:  # noqa: BLE001 - only Delta's concurrency errors are expected
+                # Another job committed to the table meanwhile (a backfill writing two days):
+                # comments are documentation, so the next registration adds them, not this job.
+                if "DELTA_METADATA_CHANGED" not in str(exc) and "Concurrent" not in str(exc):
+                    raise
+                log.warning("column comments of %s left for a later registration: %s", table,
+                            str(exc).splitlines()[0])
+                return

@@ -12,6 +12,8 @@ model and applies the promotion gate.
 5. Promotion gate: the alias ``champion`` moves to the new version only if its test metric
    (``mlflow.promotion_metric``) beats the current champion's, scored now on the same test
    rows, by more than ``mlflow.promotion_margin``. The decision and its reason are run tags.
+   With ``promote_now=False`` (``train --no-promote``, the weekly DAG) the version is left
+   ``pending`` and ``judge`` (``seqlake promote``) applies the same gate as a step of its own.
 """
 from __future__ import annotations
 
@@ -85,7 +87,67 @@ def promote(cfg: Config, data: dataset.TrainingData, version: str, candidate: di
                    f"{theirs:.4f} by more than {margin} on the {where}; champion stays"), theirs
 
 
-def train(spark: SparkSession, cfg: Config, *, source: str, workers: int | None = None) -> TrainResult:
+PENDING = "pending"  # model version tag `promotion` until the gate has judged it
+
+
+@dataclasses.dataclass(frozen=True)
+class Judgement:
+    model_version: str
+    promoted: bool
+    reason: str
+    already_judged: bool  # a rerun: the recorded decision, unchanged
+
+
+def _record_decision(cfg: Config, run_id: str, version: str, promoted: bool, reason: str,
+                     theirs: float | None) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    decision = "promoted" if promoted else "rejected"
+    client.set_model_version_tag(cfg.mlflow.registered_model, version, "promotion", decision)
+    client.set_model_version_tag(cfg.mlflow.registered_model, version, "promotion.reason", reason)
+    client.set_tag(run_id, "promotion.decision", decision)
+    client.set_tag(run_id, "promotion.reason", reason)
+    if theirs is not None:
+        client.log_metric(run_id, f"champion_test_{cfg.mlflow.promotion_metric}", theirs)
+
+
+def judge(spark: SparkSession, cfg: Config, *, source: str, version: str | None = None) -> Judgement:
+    """The promotion gate as a step of its own: score the candidate ``version`` (default: the
+    newest version of the registered model) and the champion on the current test split and move
+    ``champion`` only if the candidate wins by the margin. A version already judged keeps its
+    recorded decision (a retried step changes nothing)."""
+    import mlflow.tensorflow
+    from mlflow import MlflowClient
+
+    from seqlake.model import embedding_sizes
+
+    tracking.setup(cfg)
+    client = MlflowClient()
+    name = cfg.mlflow.registered_model
+    if version is None:
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise dataset.NoTrainingData(f"no version of {name} to judge; run `seqlake train --no-promote` first")
+        version = str(max(int(v.version) for v in versions))
+    candidate = client.get_model_version(name, version)
+    recorded = candidate.tags.get("promotion")
+    if recorded not in (None, PENDING):
+        return Judgement(version, recorded == "promoted", candidate.tags.get("promotion.reason", ""), True)
+    with stage(f"promote: judge version {version} against the champion") as info:
+        data = dataset.select(spark, cfg, source)
+        model = mlflow.tensorflow.load_model(f"models:/{name}/{version}")
+        y, p = training.predict(model, data.test, cfg, sizes=embedding_sizes(model))
+        ours = evaluation.metrics(y, p)
+        promoted, reason, theirs = promote(cfg, data, version, ours)
+        info.update(test_rows=len(y), decision="promoted" if promoted else "rejected")
+    _record_decision(cfg, candidate.run_id, version, promoted, reason, theirs)
+    log.info("[promote] %s", reason)
+    return Judgement(version, promoted, reason, False)
+
+
+def train(spark: SparkSession, cfg: Config, *, source: str, workers: int | None = None,
+          promote_now: bool = True) -> TrainResult:
     import mlflow
     import mlflow.tensorflow
     from mlflow.models import infer_signature
@@ -155,11 +217,14 @@ def train(spark: SparkSession, cfg: Config, *, source: str, workers: int | None 
                                ("horizon_days", str(cfg.sequences.horizon_days))):
                 client.set_model_version_tag(cfg.mlflow.registered_model, version, key, value)
 
-        promoted, reason, theirs = promote(cfg, data, version, results["model"])
-        mlflow.set_tags({"promotion.decision": "promoted" if promoted else "rejected", "promotion.reason": reason,
-                         "model_version": version})
-        if theirs is not None:
-            mlflow.log_metric(f"champion_test_{cfg.mlflow.promotion_metric}", theirs)
+        mlflow.set_tag("model_version", version)
+        if promote_now:
+            promoted, reason, theirs = promote(cfg, data, version, results["model"])
+            _record_decision(cfg, run_id, version, promoted, reason, theirs)
+        else:
+            promoted, reason = False, f"version {version} is pending: `seqlake promote` applies the gate"
+            client.set_model_version_tag(cfg.mlflow.registered_model, version, "promotion", PENDING)
+            mlflow.set_tag("promotion.decision", PENDING)
         log.info("[train] %s", reason)
     return TrainResult(run_id, experiment_id, version, promoted, reason, results, fitted.best_epoch,
                        len(fitted.history), data, fitted.samples_per_second)

@@ -15,8 +15,8 @@ in its own virtual environment, STACK.md) and no Spark. Settings (README "Orches
   SEQLAKE_START_DATE   first logical date of the schedules (default: 2024-01-01; catchup is off)
   SEQLAKE_RETRY_MINUTES  first retry delay, doubled per retry (default: 5)
 
-Airflow Variables of the same names in lower case (``seqlake_conf`` ...) are read through the
-environment too: Airflow exposes ``AIRFLOW_VAR_SEQLAKE_CONF`` as a Variable, so either works.
+``AIRFLOW_VAR_SEQLAKE_<NAME>`` (an Airflow Variable defined in the environment) works too. They
+are read at parse time, from the environment only: no metadata-database access while parsing.
 """
 from __future__ import annotations
 

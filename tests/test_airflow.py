@@ -341,8 +341,9 @@ def test_weekly_gate_as_its_own_step_keeps_the_champion_unless_beaten_and_reruns
     assert client.get_run(trained.run_id).data.tags["promotion.decision"] == "rejected"
     again = train.judge(spark, cfg, source="generator", version="2")
     assert again.already_judged and again.reason == judged.reason and not again.promoted
-    # With no bar at all the same comparison promotes (the gate decides, not the step).
+    # Without a champion to beat, the same step promotes (the gate decides, not the step).
     client.set_model_version_tag(name, "2", "promotion", "pending")
-    cfg = dataclasses.replace(cfg, mlflow=dataclasses.replace(cfg.mlflow, promotion_margin=-1.0))
-    assert train.judge(spark, cfg, source="generator").promoted
+    client.delete_registered_model_alias(name, "champion")
+    judged = train.judge(spark, cfg, source="generator")
+    assert judged.promoted and judged.reason == "no champion yet: version 2 becomes champion"
     assert str(tracking.champion_version(cfg).version) == "2"

@@ -335,13 +335,17 @@ def select_events(classified: DataFrame) -> DataFrame:
 def with_duplicate_flag(events: DataFrame, *, partitions: int) -> DataFrame:
     """Add ``is_duplicate``: true for every copy of an event after its first.
 
-    Hash-partitioned by user_id and ordered by (user_id, ts, event_id): copies of an event are
-    then adjacent, so one sort serves both the de-duplication and the written files'
-    clustering by user (which later per-user stages and analysts' user filters profit from).
+    Hash-partitioned by (user_id, event_date) and ordered by (source, event_date, user_id, ts, event_id):
+    copies of an event (same ts, so same day) are then adjacent, and the order leads with the
+    table's partition columns, so one sort serves the de-duplication, the write (which must
+    group rows by partition) and the files' clustering by user (for later per-user stages and
+    analysts' user filters). Ordered by user first, the write sorted everything again.
     """
-    by_user = Window.partitionBy(C.USER_ID).orderBy(C.TS, C.EVENT_ID)
+    by_user = Window.partitionBy(C.SOURCE, C.EVENT_DATE, C.USER_ID).orderBy(C.TS, C.EVENT_ID)
+    # Hashed by (user, day), which the window's (source, event_date, user_id) clustering allows:
+    # a heavy user's days spread over tasks instead of loading one (bench/run.py's skew run).
     return (
-        events.repartition(partitions, C.USER_ID)
+        events.repartition(partitions, C.USER_ID, C.EVENT_DATE)
         .withColumn("is_duplicate", F.coalesce(F.lag(C.EVENT_ID).over(by_user) == F.col(C.EVENT_ID), F.lit(False)))
     )
 

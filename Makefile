@@ -74,6 +74,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup
+	$(BIN)/python bench/run.py
 	$(BIN)/python bench/bench_ingest_sessionize.py
 	$(BIN)/python bench/bench_encoding.py
 	$(BIN)/python bench/bench_training.py

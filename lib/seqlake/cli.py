@@ -250,6 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--source", help="source name; default: the config's `source`")
     chk.add_argument("--only", help="comma-separated subset of ingest,sessionize,state,score,profile")
 
+    hk = sub.add_parser(
+        "housekeeping",
+        help="compact (OPTIMIZE, Z-order by user_id) and VACUUM the lake's Delta tables",
+        description=(
+            "For each table of housekeeping.tables that exists: OPTIMIZE it (only the partitions of the "
+            "housekeeping.recent_days days ending with --date for date-partitioned tables; Z-ordered by "
+            "user_id for housekeeping.zorder_tables), then VACUUM files that versions younger than "
+            "housekeeping.vacuum_retention_hours no longer need. Prints files compacted and deleted per "
+            "table. Trade-offs: README \"Lake housekeeping\"."
+        ),
+    )
+    hk.add_argument("--date", help="last day of the recent partitions to optimize, YYYY-MM-DD (default: today, UTC)")
+    hk.add_argument("--tables", help="comma-separated subset of housekeeping.tables (default: all of them)")
+    hk.add_argument("--no-optimize", action="store_true", help="skip OPTIMIZE")
+    hk.add_argument("--no-vacuum", action="store_true", help="skip VACUUM")
+
     lnd = sub.add_parser(
         "landed",
         help="has a day's raw data arrived? (exit 0 yes, 3 not yet)",
@@ -595,6 +611,30 @@ def cmd_check(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+def cmd_housekeeping(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import housekeeping
+
+    day = parse_date(args.date, "--date") if args.date else None
+    names = tuple(x.strip() for x in args.tables.split(",")) if args.tables else cfg.housekeeping.tables
+    housekeeping.validate_tables(names, cfg.housekeeping.tables)
+    if args.no_optimize and args.no_vacuum:
+        raise ConfigError("--no-optimize and --no-vacuum together leave nothing to do")
+
+    def work(spark) -> int:
+        results = housekeeping.housekeep(spark, cfg, table_names=names, optimize=not args.no_optimize,
+                                         vacuum=not args.no_vacuum, day=day)
+        for r in results:
+            scope = "" if r.optimized_where is None else (f" where {r.optimized_where}" if r.optimized_where else " (all)")
+            print(f"  {r.table:<18} optimize{scope}{' zorder(user_id)' if r.zordered else ''}: "
+                  f"{r.files_removed} files -> {r.files_added}; vacuum deleted "
+                  f"{'-' if r.files_vacuumed is None else r.files_vacuumed}; now {r.files_after} files, "
+                  f"version {r.version_after}")
+        print(f"housekeeping: {len(results)} tables under {cfg.lake.root}")
+        return 0
+
+    return _with_spark(cfg, work)
+
+
 def cmd_landed(cfg: Config, args: argparse.Namespace) -> int:
     from seqlake import checks
 
@@ -694,6 +734,7 @@ COMMANDS = {
     "generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "vocab": cmd_vocab,
     "sequences": cmd_sequences, "state": cmd_state, "profile": cmd_profile, "train": cmd_train, "score": cmd_score,
     "evaluate": cmd_evaluate, "promote": cmd_promote, "check": cmd_check, "landed": cmd_landed, "sql": cmd_sql,
+    "housekeeping": cmd_housekeeping,
 }
 
 

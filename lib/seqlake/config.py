@@ -24,6 +24,13 @@ import yaml
 VOCAB_FEATURES = ("event_type", "item_id", "category_id", "brand")
 
 
+# Lake tables that housekeeping may compact and vacuum (the audit tables are tiny).
+HOUSEKEPT_TABLES = (
+    "events", "events_quarantine", "session_events", "sessions", "vocab", "user_sequences", "user_state",
+    "run_metrics", "user_propensity", "propensity_evaluation", "user_profile",
+)
+
+
 class ConfigError(ValueError):
     """A configuration file, override or argument is invalid; the message names the key."""
 
@@ -258,6 +265,23 @@ class ProfileConfig:
 
 
 @dataclass(frozen=True)
+class HousekeepingConfig:
+    # Tables `seqlake housekeeping` compacts (OPTIMIZE) and vacuums; see housekeeping.py.
+    tables: tuple[str, ...] = (
+        "events", "events_quarantine", "session_events", "sessions", "user_sequences", "user_state",
+        "run_metrics", "user_propensity", "user_profile",
+    )
+    # Tables read by user (per-user stages, analysts' `WHERE user_id = ...`): Z-ordered by
+    # user_id when compacted, which costs a shuffle on top of the compaction.
+    zorder_tables: tuple[str, ...] = ("events", "session_events", "user_state", "user_propensity", "user_profile")
+    # OPTIMIZE only the partitions of the last N days of date-partitioned tables (a nightly or
+    # weekly run's cost then follows the data of those days); 0: whole tables.
+    recent_days: int = 7
+    # VACUUM keeps files a version younger than this still needs (time travel, running readers).
+    vacuum_retention_hours: int = 168
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -274,6 +298,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     profile: ProfileConfig = field(default_factory=ProfileConfig)
+    housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -411,6 +436,14 @@ def _validate(cfg: Config) -> None:
          "profile.activity_weights: expected numbers >= 0"),
         (1 <= cfg.profile.active_days <= cfg.profile.at_risk_days and cfg.profile.new_days >= 1,
          "profile.new_days/active_days/at_risk_days: expected integers >= 1 with active_days <= at_risk_days"),
+        (set(cfg.housekeeping.tables) <= set(HOUSEKEPT_TABLES),
+         f"housekeeping.tables: expected names among {', '.join(HOUSEKEPT_TABLES)}"),
+        (set(cfg.housekeeping.zorder_tables) <= set(HOUSEKEPT_TABLES),
+         f"housekeeping.zorder_tables: expected names among {', '.join(HOUSEKEPT_TABLES)}"),
+        (cfg.housekeeping.recent_days >= 0, "housekeeping.recent_days: expected an integer >= 0"),
+        # Delta's own safety floor: a shorter retention can delete files a running reader needs.
+        (cfg.housekeeping.vacuum_retention_hours >= 168,
+         "housekeeping.vacuum_retention_hours: expected an integer >= 168 (7 days, Delta's safety floor)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -197,3 +197,11 @@ def test_landed_needs_data_files_and_the_marker_when_one_is_configured(tmp_path)
     assert landed(marked, "generator", day) == (False, f"{folder} has 1 data files but no _SUCCESS yet")
     (folder / "_SUCCESS").write_text("")
     assert landed(marked, "generator", day) == (True, f"{folder}: 1 data files and _SUCCESS")
+
+
+def test_cluster_example_config_loads_and_moves_only_settings():
+    """conf/cluster.example.yaml is valid, and a cluster differs from local by settings alone."""
+    cluster = load_config(REPO / "conf" / "cluster.example.yaml", [])
+    assert cluster.spark.master == "yarn" and cluster.lake.root.startswith("s3a://")
+    assert cluster.mlflow_tracking_uri() == "http://mlflow:5000"
+    assert cluster.table_path("events") == "s3a://my-bucket/seqlake/lake/events"

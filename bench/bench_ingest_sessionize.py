@@ -115,7 +115,8 @@ def generate_once(work: Path, events: int, seed: int) -> dict:
 
 def child(job: str, work: Path, date_from: str, date_to: str, driver_memory: str, script: str = __file__) -> dict:
     """Run ``script --job job ...`` in a fresh Python and JVM; return its RESULT line."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # PYSPARK_PYTHON: stages with Python workers (scoring) must run this venv's Python.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYSPARK_PYTHON": sys.executable}
     proc = subprocess.run(
         [sys.executable, script, "--job", job, "--work", str(work), "--from", date_from, "--to", date_to,
          "--driver-memory", driver_memory],

@@ -40,7 +40,6 @@ import argparse
 import datetime as dt
 import glob
 import json
-import os
 import random
 import resource
 import subprocess
@@ -51,6 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_ingest_sessionize import REPO, bench_settings, generate_once, jvm_peak_rss_mb, save_results  # noqa: E402
+from bench_ingest_sessionize import child as run_child  # noqa: E402  (--job STAGE of this script)
 
 SOURCE = "generator"
 PIPELINE = ["lower_bound", "ingest", "sessionize", "vocab", "sequences", "state_bootstrap", "state_nightly",
@@ -107,14 +107,14 @@ def run_stage(stage: str, work: Path, first: dt.date, last: dt.date, driver_memo
     from seqlake.config import load_config
     from seqlake.spark import build_spark
 
-    event_log = work / "eventlog"
-    event_log.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(REPO / "conf" / "local.yaml", child_settings(work, driver_memory, event_log))
     if stage == "lower_bound":
         from bench_ingest_sessionize import run_job
 
         # Its own session (no event log needed: it is the yardstick, not the subject).
         return run_job("lower_bound", work, str(first), str(last), driver_memory)
+    event_log = work / "eventlog"
+    event_log.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(REPO / "conf" / "local.yaml", child_settings(work, driver_memory, event_log))
     if stage == "duckdb":
         return run_duckdb(work, last - dt.timedelta(days=cfg.sequences.horizon_days - 1), cfg)
     spark = build_spark(cfg)
@@ -268,20 +268,6 @@ def run_duckdb(work: Path, cutoff: dt.date, cfg) -> dict:
 # --------------------------------------------------------------------------- parent side
 
 
-def child(stage: str, work: Path, first: str, last: str, driver_memory: str) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYSPARK_PYTHON": sys.executable}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--stage", stage, "--work", str(work), "--from", first, "--to", last,
-         "--driver-memory", driver_memory],
-        capture_output=True, text=True, env=env, cwd=REPO,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-5000:])
-        raise SystemExit(f"{stage} failed with exit code {proc.returncode} (work {work})")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 def add_heavy_user(plain: Path, skewed: Path, events: int, seed: int) -> dict:
     """``skewed``'s landing: ``plain``'s files (hard links) plus one user's ``events`` events
     spread evenly over the same days (views of random items, as a crawler would make)."""
@@ -323,7 +309,7 @@ def run_pipeline(work: Path, gen: dict, driver_memory: str, label: str) -> dict:
     results = {}
     for stage in PIPELINE:
         print(f"== {label}: {stage}", flush=True)
-        results[stage] = child(stage, work, gen["first_date"], gen["last_date"], driver_memory)
+        results[stage] = run_child(stage, work, gen["first_date"], gen["last_date"], driver_memory, script=__file__)
         shown = {k: v for k, v in results[stage].items() if k not in ("tokens",)}
         print(f"   {json.dumps(shown)}", flush=True)
     return results
@@ -423,7 +409,7 @@ def main() -> None:
     parser.add_argument("--driver-memory", default="1g",
                         help="spark.driver.memory of every stage (default: %(default)s; the JVM's resident "
                              "peak is this plus Spark's off-heap and the JIT)")
-    parser.add_argument("--stage", help=argparse.SUPPRESS)
+    parser.add_argument("--job", dest="stage", help=argparse.SUPPRESS)
     parser.add_argument("--from", dest="date_from", help=argparse.SUPPRESS)
     parser.add_argument("--to", dest="date_to", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -451,8 +437,8 @@ def main() -> None:
         size_runs[size] = {"generated": gen, "stages": stages}
         if size == args.peer_size:
             print(f"== {size:,}: DuckDB peer", flush=True)
-            peer = {"events": gen["events"], "duckdb": child("duckdb", work, gen["first_date"], gen["last_date"],
-                                                             args.driver_memory),
+            peer = {"events": gen["events"], "duckdb": run_child("duckdb", work, gen["first_date"], gen["last_date"],
+                                                                 args.driver_memory, script=__file__),
                     "ours_sessionize_s": stages["sessionize"]["seconds"],
                     "ours_sequences_s": stages["sequences"]["seconds"]}
             print(f"   {peer}", flush=True)

@@ -45,10 +45,10 @@ class TableHousekeeping:
     version_after: int
 
 
-def date_partition_column(spark: SparkSession, cfg: Config, table: str) -> str | None:
+def date_partition_column(delta: DeltaTable) -> str | None:
     """The table's date-typed partition column (event_date, score_date ...), if it has one."""
-    detail = DeltaTable.forPath(spark, cfg.table_path(table)).detail().select("partitionColumns").first()
-    types = {f.name: f.dataType for f in tables.read(spark, cfg, table).schema.fields}
+    detail = delta.detail().select("partitionColumns").first()
+    types = {f.name: f.dataType for f in delta.toDF().schema.fields}
     for column in detail["partitionColumns"] or []:
         if isinstance(types.get(column), T.DateType):
             return column
@@ -75,6 +75,8 @@ def housekeep(
     settings = cfg.housekeeping
     names = table_names or settings.tables
     day = day or dt.datetime.now(dt.timezone.utc).date()
+    # VACUUM START/END commits then carry the number of deleted files.
+    spark.conf.set("spark.databricks.delta.vacuum.logging.enabled", "true")
     results = []
     for table in names:
         if not tables.exists(spark, cfg, table):
@@ -85,7 +87,7 @@ def housekeep(
         removed = added = 0
         where, zorder, vacuumed = None, False, None
         if optimize:
-            date_column = date_partition_column(spark, cfg, table) if settings.recent_days else None
+            date_column = date_partition_column(delta) if settings.recent_days else None
             where = (f"{date_column} > '{day - dt.timedelta(days=settings.recent_days)}' "
                      f"AND {date_column} <= '{day}'") if date_column else ""
             zorder = table in settings.zorder_tables
@@ -96,8 +98,6 @@ def housekeep(
                 info.update(files_removed=removed, files_added=added, zorder=zorder)
         if vacuum:
             with stage(f"housekeeping: vacuum {table} (retain {settings.vacuum_retention_hours} h)") as info:
-                # VACUUM START/END commits carry the number of deleted files.
-                spark.conf.set("spark.databricks.delta.vacuum.logging.enabled", "true")
                 delta.vacuum(float(settings.vacuum_retention_hours))
                 end = (delta.history(3).filter("operation = 'VACUUM END'")
                        .select("operationMetrics").first())

@@ -341,12 +341,12 @@ def with_duplicate_flag(events: DataFrame, *, partitions: int) -> DataFrame:
     group rows by partition) and the files' clustering by user (for later per-user stages and
     analysts' user filters). Ordered by user first, the write sorted everything again.
     """
-    by_user = Window.partitionBy(C.SOURCE, C.EVENT_DATE, C.USER_ID).orderBy(C.TS, C.EVENT_ID)
+    by_user_day = Window.partitionBy(C.SOURCE, C.EVENT_DATE, C.USER_ID).orderBy(C.TS, C.EVENT_ID)
     # Hashed by (user, day), which the window's (source, event_date, user_id) clustering allows:
     # a heavy user's days spread over tasks instead of loading one (bench/run.py's skew run).
     return (
         events.repartition(partitions, C.USER_ID, C.EVENT_DATE)
-        .withColumn("is_duplicate", F.coalesce(F.lag(C.EVENT_ID).over(by_user) == F.col(C.EVENT_ID), F.lit(False)))
+        .withColumn("is_duplicate", F.coalesce(F.lag(C.EVENT_ID).over(by_user_day) == F.col(C.EVENT_ID), F.lit(False)))
     )
 
 

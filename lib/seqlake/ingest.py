@@ -76,7 +76,8 @@ class IngestResult:
 
 def read_raw_lines(spark: SparkSession, paths: Sequence[str], file_glob: str = "*") -> DataFrame:
     """One row per line of the files under ``paths`` whose names match ``file_glob``:
-    raw_record, source_file. Invalid UTF-8 becomes U+FFFD."""
+    raw_record, source_file. The bytes are kept as they are, invalid UTF-8 included (the
+    ``bad_encoding`` check finds it)."""
     return spark.read.option("pathGlobFilter", file_glob).text(list(paths)).select(
         F.col("value").alias("raw_record"), F.col("_metadata.file_path").alias("source_file")
     )
@@ -179,7 +180,10 @@ def with_quarantine_reason(
 
     checks: list[tuple[Column, Column, Column]] = [
         (malformed, F.lit(C.MALFORMED_RECORD), F.lit(f"not a valid {spec.format} record")),
-        (F.col("raw_record").contains("\ufffd"), F.lit(C.BAD_ENCODING), F.lit("invalid UTF-8 bytes")),
+        # The text reader keeps a line's bytes as they are: invalid UTF-8 arrives undecoded
+        # (and would reach Parquet so), or as U+FFFD where an upstream tool replaced it.
+        (~F.is_valid_utf8("raw_record") | F.col("raw_record").contains("\ufffd"), F.lit(C.BAD_ENCODING),
+         F.lit("invalid UTF-8 bytes")),
         (F.octet_length("raw_record") > max_record_chars, F.lit(C.OVERSIZED_RECORD),
          F.concat(F.lit("record of "), F.octet_length("raw_record").cast("string"),
                   F.lit(f" bytes > {max_record_chars}"))),
@@ -314,7 +318,8 @@ def select_classified(df: DataFrame, *, source: str) -> DataFrame:
     return df.select(
         "reason",
         "detail",
-        F.when(quarantined, F.col("raw_record")).alias("raw_record"),
+        # Stored as valid UTF-8 (invalid bytes become U+FFFD) so every Parquet reader can open it.
+        F.when(quarantined, F.make_valid_utf8("raw_record")).alias("raw_record"),
         F.when(quarantined, F.col("source_file")).alias("source_file"),
         F.col("_s_user_id").alias("user_id"),
         "ts",
@@ -375,6 +380,10 @@ def resolve_inputs(spark: SparkSession, cfg: Config, spec: SourceSpec, window_st
                    window_end: dt.date, input_path: str | None) -> list[str]:
     """The files to read: ``input_path`` as given, else each day's landing folder of the window."""
     if input_path:
+        filesystem, path = tables.hadoop_filesystem(spark, input_path)
+        matches = filesystem.globStatus(path)  # None or empty: nothing there (a glob may match several)
+        if matches is None or len(matches) == 0:
+            raise FileNotFoundError(f"--input {input_path}: no such file or folder")
         return [input_path]
     days = (window_end - window_start).days + 1
     paths = [cfg.landing_path(spec.name, window_start + dt.timedelta(d)) for d in range(days)]

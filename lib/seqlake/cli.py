@@ -23,6 +23,14 @@ ALL_TABLES = (
 
 EXIT_USAGE = 2  # bad configuration or arguments: nothing was touched
 EXIT_DATA = 3  # the input failed a data check (quarantine threshold, missing day)
+EXIT_CONFLICT = 4  # another run committed to the same table partition first (Delta conflict)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_window_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -33,7 +41,7 @@ def _add_window_args(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="seqlake",
         description="User behaviour sequence pipeline on Spark and Delta Lake.",
     )
@@ -257,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
             "For each table of housekeeping.tables that exists: OPTIMIZE it (only the partitions of the "
             "housekeeping.recent_days days ending with --date for date-partitioned tables; Z-ordered by "
             "user_id for housekeeping.zorder_tables), then VACUUM files that versions younger than "
-            "housekeeping.vacuum_retention_hours no longer need. Prints files compacted and deleted per "
-            "table. Trade-offs: README \"Lake housekeeping\"."
+            "housekeeping.vacuum_retention_hours no longer need, and the _staging folders of killed ingest "
+            "runs older than that. Prints files compacted and deleted per table. Trade-offs: README \"Lake housekeeping\"."
         ),
     )
     hk.add_argument("--date", help="last day of the recent partitions to optimize, YYYY-MM-DD (default: today, UTC)")
@@ -283,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a SQL query over the lake's tables",
         description=(
             "Run one SQL statement with the lake's tables registered as <lake.database>.<table> "
-            "(e.g. seqlake.events) and print the result."
+            "(e.g. seqlake.events) and print the result. Read-only: a statement that could change "
+            "a table (INSERT, DELETE, UPDATE, MERGE, DROP, ALTER, CREATE, OPTIMIZE, VACUUM, RESTORE "
+            "...) is refused before Spark starts, unless --allow-writes is given."
         ),
     )
     sql.add_argument("statement", help="the SQL statement, e.g. \"SELECT count(*) FROM seqlake.events\"")
@@ -291,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rows to print as a table (default: %(default)s); csv and json print every row")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table",
                      help="table (readable, default), csv (header line, then rows) or json (one object per line)")
+    sql.add_argument("--allow-writes", action="store_true",
+                     help="run a statement that changes tables (repairs by hand; the pipeline never needs it)")
     return parser
 
 
@@ -629,6 +641,9 @@ def cmd_housekeeping(cfg: Config, args: argparse.Namespace) -> int:
                   f"{r.files_removed} files -> {r.files_added}; vacuum deleted "
                   f"{'-' if r.files_vacuumed is None else r.files_vacuumed}; now {r.files_after} files, "
                   f"version {r.version_after}")
+        if not args.no_vacuum:
+            stale = housekeeping.remove_stale_staging(spark, cfg)
+            print(f"  _staging: {len(stale)} folders of killed ingest runs removed")
         print(f"housekeeping: {len(results)} tables under {cfg.lake.root}")
         return 0
 
@@ -718,6 +733,12 @@ def print_result(result, fmt: str, max_rows: int) -> None:
 
 
 def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake.sqlguard import write_problem
+
+    problem = None if args.allow_writes else write_problem(args.statement)
+    if problem:
+        raise ConfigError(f"refused: {problem}; `seqlake sql` only reads unless --allow-writes is given")
+
     def work(spark) -> int:
         from seqlake import tables
 
@@ -748,6 +769,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"seqlake {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        from seqlake.tables import delta_conflict
+
+        conflict = delta_conflict(exc)
+        if conflict is None:
+            raise
+        # Delta refused this run's commit: another run changed the same partitions first. The
+        # refused table keeps the other run's rows; nothing of this run was committed to it.
+        print(f"seqlake {args.command}: conflict: another run committed to the same table at the same "
+              f"time, so this run stopped without committing there ({conflict}); run it again once "
+              f"the other has finished", file=sys.stderr)
+        return EXIT_CONFLICT
 
 
 def run_job(command: str, argv: Sequence[str]) -> int:

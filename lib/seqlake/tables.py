@@ -126,3 +126,24 @@ def _apply_comments(spark: SparkSession, cfg: Config, table: str) -> None:
                 log.warning("column comments of %s left for a later registration: %s", table,
                             str(exc).splitlines()[0])
                 return
+
+
+# Error classes of Delta's optimistic concurrency control (a commit refused because another
+# transaction changed what this one read).
+_CONFLICT_MARKERS = ("DELTA_CONCURRENT_", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+                     "ConcurrentAppendException", "ConcurrentDeleteReadException",
+                     "ConcurrentDeleteDeleteException", "ConcurrentTransactionException",
+                     "ConcurrentWriteException", "MetadataChangedException", "ProtocolChangedException")
+
+
+def delta_conflict(exc: BaseException) -> str | None:
+    """The line of ``exc`` that names a Delta commit conflict, else None."""
+    from delta import exceptions as delta_exceptions
+
+    kinds = tuple(getattr(delta_exceptions, name) for name in delta_exceptions.__all__)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # Through Py4J the Delta error is a line inside a Java stack trace: name that line.
+    named = [line for line in lines if any(marker in line for marker in _CONFLICT_MARKERS)]
+    if isinstance(exc, kinds) or named:
+        return (named or lines or [type(exc).__name__])[0][:400]
+    return None

@@ -91,3 +91,17 @@ def test_cli_refuses_unknown_tables_before_spark(tmp_path, capsys):
     assert code == 2
     assert "--tables: unknown ['nope']" in capsys.readouterr().err
     assert not (tmp_path / "events").exists()
+
+
+def test_stale_staging_folders_of_killed_ingests_are_removed_fresh_ones_kept(spark, tmp_path):
+    cfg = make_config(tmp_path, "housekeeping.vacuum_retention_hours=200")
+    staging = Path(cfg.lake.root) / "_staging"
+    stale, fresh = staging / "ingest-20240101T000000-dead", staging / "ingest-20240102T000000-live"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "part-0.parquet").write_bytes(b"x")
+    old = time.time() - 300 * 3600
+    os.utime(stale, (old, old))
+
+    assert housekeeping.remove_stale_staging(spark, cfg) == [stale.name]
+    assert not stale.exists() and fresh.exists()

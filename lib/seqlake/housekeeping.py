@@ -29,7 +29,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 
 from seqlake import tables
-from seqlake.config import Config, ConfigError
+from seqlake.config import Config, ConfigError, join_path
 from seqlake.progress import log, stage
 
 
@@ -107,6 +107,23 @@ def housekeep(
         version = delta.history(1).select("version").first()[0]
         results.append(TableHousekeeping(table, where, zorder, removed, added, vacuumed, int(detail[0]), int(version)))
     return results
+
+
+def remove_stale_staging(spark: SparkSession, cfg: Config) -> list[str]:
+    """Delete ``<lake.root>/_staging/<run_id>`` folders older than the VACUUM retention: what an
+    ingest killed before its cleanup leaves (a finished or failed run deletes its own). No run
+    lasts the retention's 7 days or more, so an older folder belongs to no live run."""
+    filesystem, root = tables.hadoop_filesystem(spark, join_path(cfg.lake.root, "_staging"))
+    if not filesystem.exists(root):
+        return []
+    cutoff_ms = (dt.datetime.now(dt.timezone.utc).timestamp() - cfg.housekeeping.vacuum_retention_hours * 3600) * 1000
+    removed = []
+    for status in filesystem.listStatus(root):
+        if status.isDirectory() and status.getModificationTime() < cutoff_ms:
+            filesystem.delete(status.getPath(), True)
+            removed.append(status.getPath().getName())
+    log.info("[housekeeping] stale staging folders removed: %s", len(removed))
+    return removed
 
 
 def validate_tables(names: tuple[str, ...], known: tuple[str, ...]) -> None:

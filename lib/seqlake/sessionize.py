@@ -39,7 +39,7 @@ _MICROS_PER_MINUTE = 60_000_000
 
 
 class MissingPreviousDay(RuntimeError):
-    """The day before the run has events that were never sessionized."""
+    """The day before the run has events that were never sessionized, or was never ingested."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,12 +258,32 @@ def never_sessionized(spark: SparkSession, cfg: Config, source: str, day: dt.dat
     )
 
 
+def never_ingested(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> bool:
+    """Whether ``day`` is a gap: no successful ingest run of ``source`` covers it and it holds no
+    events, while earlier days do. (A day without data still has its run, of 0 rows.)"""
+    if not tables.exists(spark, cfg, C.INGEST_RUNS):
+        return False
+    covered = (f"source = '{source}' AND status = 'ok' AND window_start <= '{day}' AND window_end >= '{day}'")
+    return (
+        not tables.has_rows(spark, cfg, C.INGEST_RUNS, covered)
+        and not tables.has_rows(spark, cfg, C.EVENTS, f"source = '{source}' AND event_date = '{day}'")
+        and tables.has_rows(spark, cfg, C.EVENTS, f"source = '{source}' AND event_date < '{day}'")
+    )
+
+
 def check_previous_day(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
-    """Fail when events exist for ``day`` but were never sessionized (a skipped night)."""
+    """Fail when ``day`` (the day before a run) has events that were never sessionized, or was
+    never ingested at all: either way a skipped night, and sessions crossing its midnights would
+    be cut wrongly."""
     if never_sessionized(spark, cfg, source, day):
         raise MissingPreviousDay(
             f"events of source {source!r} for {day} were never sessionized; run "
             f"`seqlake sessionize --source {source} --date {day}` first, or sessionize a range with --from/--to"
+        )
+    if never_ingested(spark, cfg, source, day):
+        raise MissingPreviousDay(
+            f"source {source!r} was never ingested for {day}, the day before this run, while earlier "
+            f"days were; run `seqlake ingest --source {source} --date {day}` and then sessionize from {day}"
         )
 
 

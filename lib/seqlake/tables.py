@@ -6,6 +6,7 @@ the previous table version readable: Delta commits atomically.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 from delta.tables import DeltaTable
@@ -46,20 +47,37 @@ def replace_where(
     table: str,
     predicate: str,
     partition_by: Sequence[str],
+    *,
+    conflict_retries: int = 0,
 ) -> int:
     """Atomically replace the rows matching ``predicate`` with ``df``; return how many rows now match.
 
     Delta checks that every written row matches ``predicate``, so a bug cannot spill into
     another date's partition. The returned count is read back from the committed table (Delta
     answers it from file statistics), an independent check on what was written.
+
+    ``conflict_retries``: for a table whose partitions do not separate the runs that write it
+    (``run_metrics``, partitioned by stage only), a Delta conflict with a concurrent run that
+    added files to the same partition is retried on the new snapshot. Safe because the write
+    replaces only the rows of ``predicate``, which the other run did not write.
     """
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", predicate)
-        .partitionBy(*partition_by)
-        .save(cfg.table_path(table))
-    )
+    for attempt in range(conflict_retries + 1):
+        try:
+            (
+                df.write.format("delta")
+                .mode("overwrite")
+                .option("replaceWhere", predicate)
+                .partitionBy(*partition_by)
+                .save(cfg.table_path(table))
+            )
+            break
+        except Exception as exc:
+            conflict = delta_conflict(exc)
+            if conflict is None or attempt == conflict_retries:
+                raise
+            log.warning("%s: %s; retrying on the new snapshot (%d of %d)", table, conflict, attempt + 1,
+                        conflict_retries)
+            time.sleep(0.5 * (attempt + 1))
     return read(df.sparkSession, cfg, table).filter(predicate).count()
 
 

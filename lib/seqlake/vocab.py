@@ -135,6 +135,8 @@ def write_metrics(spark: SparkSession, cfg: Config, rows: list[tuple], *, stage_
         df, cfg, C.RUN_METRICS,
         f"stage = '{stage_name}' AND source = '{source}' AND run_date = '{run_date}'",
         partition_by=["stage"],
+        # Runs of one stage for different dates (two snapshots at once) share a partition here.
+        conflict_retries=3,
     )
 
 

@@ -163,5 +163,5 @@ def delta_conflict(exc: BaseException) -> str | None:
     # Through Py4J the Delta error is a line inside a Java stack trace: name that line.
     named = [line for line in lines if any(marker in line for marker in _CONFLICT_MARKERS)]
     if isinstance(exc, kinds) or named:
-        return (named or lines or [type(exc).__name__])[0][:400]
+        return (named or lines or [type(exc).__name__])[0].lstrip(": ")[:400]
     return None

@@ -139,10 +139,10 @@ def _apply_comments(spark: SparkSession, cfg: Config, table: str) -> None:
             except Exception as exc:  # noqa: BLE001 - only Delta's concurrency errors are expected
                 # Another job committed to the table meanwhile (a backfill writing two days):
                 # comments are documentation, so the next registration adds them, not this job.
-                if "DELTA_METADATA_CHANGED" not in str(exc) and "Concurrent" not in str(exc):
+                conflict = delta_conflict(exc)
+                if conflict is None:
                     raise
-                log.warning("column comments of %s left for a later registration: %s", table,
-                            str(exc).splitlines()[0])
+                log.warning("column comments of %s left for a later registration: %s", table, conflict)
                 return
 
 

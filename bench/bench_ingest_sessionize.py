@@ -34,7 +34,6 @@ RESULTS = REPO / "bench" / "results"
 def bench_settings(work: Path, driver_memory: str = "2g") -> list[str]:
     return [
         "spark.master=local[2]",
-        "spark.shuffle_partitions=8",
         f"spark.driver_memory={driver_memory}",
         "lake.catalog=in_memory",
         f"lake.root={work / 'lake'}",
@@ -66,7 +65,7 @@ def run_job(job: str, work: Path, date_from: str, date_to: str, driver_memory: s
         df = spark.read.schema("user_id string, ts string, event_type string, item_id string, "
                                "category_id string, category_path string, brand string, price double, "
                                "session string").json(f"{cfg.lake.landing_root}/raw/generator/dt=*/*.jsonl")
-        (df.repartition(cfg.spark.shuffle_partitions, "user_id").sortWithinPartitions("user_id", "ts")
+        (df.repartition("user_id").sortWithinPartitions("user_id", "ts")
          .write.mode("overwrite").parquet(str(work / "lower_bound.parquet")))
         info["rows"] = spark.read.parquet(str(work / "lower_bound.parquet")).select(F.count(F.lit(1))).first()[0]
     elif job == "ingest":

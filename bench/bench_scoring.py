@@ -77,7 +77,9 @@ def main() -> None:
     inputs = once
     for _ in range(args.copies - 1):
         inputs = inputs.unionByName(once)
-    inputs = inputs.repartition(cfg.spark.shuffle_partitions, C.USER_ID).sortWithinPartitions(C.USER_ID).cache()
+    # The partitions seqlake's scoring uses (scoring.partitions, else spark.shuffle_partitions).
+    partitions = cfg.scoring.partitions or cfg.spark.shuffle_partitions
+    inputs = inputs.repartition(partitions, C.USER_ID).sortWithinPartitions(C.USER_ID).cache()
     users = inputs.count()
     import tempfile
 

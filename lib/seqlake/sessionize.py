@@ -302,7 +302,9 @@ def sessionize(
     events = tables.read(spark, cfg, C.EVENTS, schemas.EVENTS).filter(in_days)
     # Counted from the table itself, independently of the writes it must balance.
     events_in = events.count()
-    ranked = events.repartition(cfg.spark.shuffle_partitions, C.USER_ID).transform(with_day_rank)
+    # No partition count: AQE coalesces spark.shuffle_partitions to the advisory size, so each
+    # task's sort stays the same size as the input grows (a fixed count spilled ever more).
+    ranked = events.repartition(C.USER_ID).transform(with_day_rank)
     cap = settings.user_daily_cap
     over_cap = Observation("over_cap")
     with stage("sessionize: assign sessions") as info:

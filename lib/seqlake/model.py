@@ -6,13 +6,16 @@ feature, left-padded with 0, and ``aggregates`` float32 ``(len(dataset.AGGREGATE
 * Every categorical sequence feature gets its own ``Embedding(mask_zero=True)`` sized from the
   vocab version (``dataset.input_dims``); ``session_start`` (0/1, so 0 is not padding) gets an
   unmasked one. Concatenated, the masks combine: padding is skipped.
-* Three recurrence flags per event, computed in the model from the id arrays (so scoring
-  cannot compute them differently): the event's item is in an open cart (carted earlier in the
-  sequence and not removed or bought since), the item was seen earlier, its category was
-  carted earlier. An LSTM would otherwise have to learn
-  id equality across positions from embeddings, which needs far more data than a pairwise
-  comparison does; returning to a carted item is the classic purchase signal. Plus each
-  event's estimated age at the cutoff (``event_age_days``, from the gap buckets and recency).
+* Five recurrence flags per event, computed in the model from the id arrays (so scoring
+  cannot compute them differently; ``recurrence_flags``): the event's item is in an open cart,
+  was seen earlier, its category was carted earlier, the item is still in the basket at the
+  cutoff, and the event is a view of such an item after its latest cart. An LSTM would
+  otherwise have to learn id equality across positions from embeddings, which needs far more
+  data than a pairwise comparison does; returning to a carted item is the classic purchase
+  signal. Plus each event's estimated age at the cutoff (``event_age_days``, from the gap
+  buckets and recency).
+* The flags summed over events with exponential decay by age (1, 3, 7 and 30 days,
+  ``decayed_counts``) go straight to the dense layers beside the sequence encoder.
 * ``model.type: lstm``: a stack of LSTMs; ``transformer``: learned positions and self-attention
   blocks, pooled as the masked mean plus the newest event.
 * Aggregates go through log1p and a ``Normalization`` fixed to the training rows' moments, so
@@ -52,9 +55,11 @@ def build_model(
         masked = name not in UNMASKED
         embedded.append(layers.Embedding(input_dims[name], width if masked else 2, mask_zero=masked,
                                          name=f"embed_{name}")(inputs[name]))
-    embedded.append(recurrence_flags(inputs["item"], inputs["category"], inputs["event_type"], length, event_types))
+    flags = recurrence_flags(inputs["item"], inputs["category"], inputs["event_type"], length, event_types)
+    embedded.append(flags)
     age = event_age_days(inputs["gap_bucket"], inputs["aggregates"][:, AGGREGATES.index("recency_days")])
     embedded.append(ops.log1p(age)[:, :, None])
+    decayed = decayed_counts(flags, age, inputs["item"])
     x = layers.Concatenate(name="events")(embedded)
     x = layers.Dropout(settings.dropout, name="events_dropout")(x)
 
@@ -72,13 +77,29 @@ def build_model(
     aggregates = ops.log1p(ops.maximum(inputs["aggregates"], 0.0))
     aggregates = layers.Normalization(mean=list(aggregate_mean), variance=list(aggregate_variance),
                                       name="aggregates_normalised")(aggregates)
-    h = layers.Concatenate(name="joined")([sequence, aggregates])
+    h = layers.Concatenate(name="joined")([sequence, aggregates, decayed])
     for i, units in enumerate(settings.dense_units):
         h = layers.Dense(units, activation="relu", name=f"dense_{i}")(h)
         h = layers.Dropout(settings.dropout, name=f"dense_{i}_dropout")(h)
     logit = layers.Dense(1, name="logit")(h)
     propensity = layers.Activation("sigmoid", name="propensity")(logit)
     return keras.Model(inputs, propensity, name=f"seqlake_{settings.type}")
+
+
+# Time scales (days) of the decayed flag counts: a day, half a week, a week, a month.
+DECAY_DAYS = (1.0, 3.0, 7.0, 30.0)
+
+
+def decayed_counts(flags, age, item):
+    """(batch, flags x len(DECAY_DAYS)), log1p of: per flag and time scale tau, the sum over
+    events of flag * exp(-age / tau). How much, and how recently, each recurrence happened, as a
+    direct path to the dense layers: an LSTM learns a sum of decayed events slowly and noisily
+    from ~20k rows (the test's oracle gap fell from 0.04-0.065 to 0.01-0.03 with it)."""
+    from keras import ops
+
+    present = ops.cast(ops.not_equal(item, 0), "float32")[:, :, None]
+    sums = [ops.sum(flags * present * ops.exp(-age / tau)[:, :, None], axis=1) for tau in DECAY_DAYS]
+    return ops.log1p(ops.concatenate(sums, axis=-1))
 
 
 def event_age_days(gap_bucket, recency_days):
@@ -94,9 +115,19 @@ def event_age_days(gap_bucket, recency_days):
 
 
 def recurrence_flags(item, category, event_type, length: int, event_types: dict[str, int]):
-    """(batch, length, 3) floats per event: its item is in an open cart (carted earlier in the
-    sequence, not removed or bought since), its item was seen earlier, its category was carted
-    earlier. 0 on padding and null ids."""
+    """(batch, length, len(FLAGS)) floats per event, 0 on padding and null ids:
+
+    * ``open_cart``: its item is in an open cart (carted earlier in the sequence, not removed or
+      bought since);
+    * ``seen``: its item was seen earlier;
+    * ``category_carted``: its category was carted earlier;
+    * ``in_basket``: its item is still in the basket at the cutoff (the item's latest cart in the
+      whole sequence is after its latest removal or purchase);
+    * ``basket_revisit``: it is a view of an item in the basket, after that item's latest cart.
+
+    The first three say what was true when the event happened, the last two what is still true
+    at the cutoff: a revisit of an item bought or removed since no longer points at a purchase.
+    """
     from keras import ops
 
     earlier = ops.convert_to_tensor([[1.0 if j < i else 0.0 for j in range(length)] for i in range(length)])[None]
@@ -108,19 +139,26 @@ def recurrence_flags(item, category, event_type, length: int, event_types: dict[
             hit = ops.maximum(hit, ops.cast(ops.equal(event_type, event_types.get(name, -1)), "float32"))
         return hit[:, None, :]  # [b, 1, j]
 
-    def earlier_same(ids):
-        return ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32") * earlier  # [b, i, j<i]
+    def same(ids):
+        return ops.cast(ops.equal(ids[:, :, None], ids[:, None, :]), "float32")  # [b, i, j]
 
     def known(ids):
         return ops.cast(ops.greater(ids, 1), "float32")  # not padding, not null
 
-    same_item = earlier_same(item)
-    last_cart = ops.max(same_item * is_type("cart") * position, axis=-1)
-    last_close = ops.max(same_item * is_type("remove_from_cart", "purchase") * position, axis=-1)
+    carts, closes = is_type("cart"), is_type("remove_from_cart", "purchase")
+    any_item = same(item)
+    same_item = any_item * earlier  # [b, i, j < i]
+    last_cart = ops.max(same_item * carts * position, axis=-1)
+    last_close = ops.max(same_item * closes * position, axis=-1)
     open_cart = ops.cast(ops.greater(last_cart, last_close), "float32") * known(item)
     seen = ops.max(same_item, axis=-1) * known(item)
-    category_carted = ops.max(earlier_same(category) * is_type("cart"), axis=-1) * known(category)
-    return ops.stack([open_cart, seen, category_carted], axis=-1)
+    category_carted = ops.max(same(category) * earlier * carts, axis=-1) * known(category)
+    final_cart = ops.max(any_item * carts * position, axis=-1)
+    final_close = ops.max(any_item * closes * position, axis=-1)
+    in_basket = ops.cast(ops.greater(final_cart, final_close), "float32") * known(item)
+    after_final_cart = ops.cast(ops.greater(position[:, 0, :], final_cart), "float32")
+    basket_revisit = in_basket * is_type("view")[:, 0, :] * after_final_cart
+    return ops.stack([open_cart, seen, category_carted, in_basket, basket_revisit], axis=-1)
 
 
 def _transformer(settings: ModelConfig, x, item, length: int):

@@ -77,9 +77,7 @@ def main() -> None:
     inputs = once
     for _ in range(args.copies - 1):
         inputs = inputs.unionByName(once)
-    # The partitions seqlake's scoring uses (scoring.partitions, else spark.shuffle_partitions).
-    partitions = cfg.scoring.partitions or cfg.spark.shuffle_partitions
-    inputs = inputs.repartition(partitions, C.USER_ID).sortWithinPartitions(C.USER_ID).cache()
+    inputs = inputs.repartition(scoring.input_partitions(cfg), C.USER_ID).sortWithinPartitions(C.USER_ID).cache()
     users = inputs.count()
     import tempfile
 

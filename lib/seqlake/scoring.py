@@ -490,6 +490,11 @@ def score(spark: SparkSession, cfg: Config, *, source: str, day: dt.date) -> Sco
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def input_partitions(cfg: Config) -> int:
+    """Python tasks that score: ``scoring.partitions``, else ``spark.shuffle_partitions``."""
+    return cfg.scoring.partitions or cfg.spark.shuffle_partitions
+
+
 def _score(spark: SparkSession, cfg: Config, *, source: str, day: dt.date, champ: Champion,
            vocabulary: vocab.Vocabulary, active: int, model_dir: str, run_id: str, started: float,
            started_at: dt.datetime) -> ScoreResult:
@@ -499,7 +504,7 @@ def _score(spark: SparkSession, cfg: Config, *, source: str, day: dt.date, champ
     user_state = tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source)
     loads, batch_count = spark.sparkContext.accumulator(0), spark.sparkContext.accumulator(0)
     observation = Observation(f"score-{day}")
-    partitions = settings.partitions or cfg.spark.shuffle_partitions
+    partitions = input_partitions(cfg)
 
     with stage(f"score: {active:,} users with model version {champ.version}"
                f"{' and reasons' if explainer else ''}") as info:

@@ -319,7 +319,7 @@ def _leaks_in_file(path: Path, raw_ids: set[bytes]) -> set[bytes]:
     import pyarrow
     import pyarrow.parquet as pq
 
-    blob = path.read_bytes()
+    blob = None
     if path.suffix == ".parquet":
         try:
             blob = json.dumps(pq.read_table(path).to_pylist(), default=str).encode()
@@ -328,6 +328,8 @@ def _leaks_in_file(path: Path, raw_ids: set[bytes]) -> set[bytes]:
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             blob = b"\n".join(archive.read(name) for name in archive.namelist())
+    if blob is None:
+        blob = path.read_bytes()
     found = set(RAW_USER_ID.findall(blob)) & raw_ids
     if KEY.encode() in blob:
         found.add(b"<the key>")

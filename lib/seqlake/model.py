@@ -115,7 +115,7 @@ def event_age_days(gap_bucket, recency_days):
 
 
 def recurrence_flags(item, category, event_type, length: int, event_types: dict[str, int]):
-    """(batch, length, len(FLAGS)) floats per event, 0 on padding and null ids:
+    """(batch, length, 5) floats per event, 0 on padding and null ids:
 
     * ``open_cart``: its item is in an open cart (carted earlier in the sequence, not removed or
       bought since);

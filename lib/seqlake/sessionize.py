@@ -28,7 +28,7 @@ import uuid
 
 import pyspark.sql.functions as F
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, Observation, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 
 from seqlake import constants as C
 from seqlake import schemas, tables
@@ -75,8 +75,8 @@ def with_day_rank(events: DataFrame) -> DataFrame:
 def open_session_tail(session_events: DataFrame, *, day: dt.date, gap_minutes: int) -> DataFrame:
     """Each user's last event before ``day`` if it is within ``gap_minutes`` of midnight.
 
-    Output: user_id, tail_end, tail_activity_start, tail_session_id, tail_n_events (the
-    event's position in its session, i.e. the session's length so far). Built from
+    Output: user_id, source, event_date, tail_end, tail_activity_start, tail_session_id,
+    tail_n_events (the event's position in its session, i.e. the session's length so far). Built from
     ``session_events`` before ``day`` only, so it is the same whether or not ``day`` or later
     days were already processed (reruns). Expects ``session_events`` restricted to the days
     that can hold such an event.
@@ -90,6 +90,8 @@ def open_session_tail(session_events: DataFrame, *, day: dt.date, gap_minutes: i
         .filter(F.col("_latest") == 1)
         .select(
             C.USER_ID,
+            C.SOURCE,
+            C.EVENT_DATE,
             F.col(C.TS).alias("tail_end"),
             F.col("activity_start").alias("tail_activity_start"),
             F.col(C.SESSION_ID).alias("tail_session_id"),
@@ -98,63 +100,86 @@ def open_session_tail(session_events: DataFrame, *, day: dt.date, gap_minutes: i
     )
 
 
-def with_session_assignment(
-    events: DataFrame, tail: DataFrame, *, gap_minutes: int, max_duration_minutes: int
-) -> DataFrame:
+def with_tail_rows(events: DataFrame, tail: DataFrame) -> DataFrame:
+    """``events`` plus each ``open_session_tail`` row as one more event of its user, marked by a
+    non-null ``tail_session_id`` (and tail_activity_start, tail_n_events; null on real events).
+
+    The tail row sorts before the user's first event of the run (its day is earlier), so the
+    windows of ``with_session_assignment`` see it as the previous event: no join, and so no
+    second sort after one.
+    """
+    event_cols = [f.name for f in schemas.EVENTS.fields]
+    marks = {"tail_activity_start": "timestamp", "tail_session_id": "string", "tail_n_events": "int"}
+    as_events = tail.select(
+        *[
+            F.col(C.USER_ID) if name == C.USER_ID
+            else F.col("tail_end").alias(C.TS) if name == C.TS
+            else F.col(name) if name in (C.SOURCE, C.EVENT_DATE)
+            else F.lit(None).cast(schemas.EVENTS[name].dataType).alias(name)
+            for name in event_cols
+        ],
+        *[F.col(name) for name in marks],
+    )
+    return events.select(
+        *event_cols, *[F.lit(None).cast(kind).alias(name) for name, kind in marks.items()]
+    ).unionByName(as_events)
+
+
+def with_session_assignment(events: DataFrame, *, gap_minutes: int, max_duration_minutes: int) -> DataFrame:
     """Add activity_start, session_id, session_seq and is_session_start to every event.
 
-    ``events`` holds whole user-days in [from, to]; ``tail`` is ``open_session_tail`` for
-    ``from`` (empty for a first run). Best hash-partitioned by user_id beforehand: every window
-    here partitions by user_id, so that exchange is the only shuffle.
+    ``events`` is ``with_tail_rows`` of whole user-days in [from, to] and the open tail of
+    ``from`` (none for a first run); the tail rows are dropped from the result. Best
+    hash-partitioned by user_id beforehand: every window here partitions by user_id and orders
+    alike, so that exchange and one sort are all it needs.
     """
     gap_us = gap_minutes * _MICROS_PER_MINUTE
     max_us = max_duration_minutes * _MICROS_PER_MINUTE
+    is_tail = F.col("tail_session_id").isNotNull()
     # event_date leads the order (it follows ts, so the order is the same) so that this window
     # and with_day_rank's need one and the same sort.
     by_user = Window.partitionBy(C.USER_ID).orderBy(C.EVENT_DATE, C.TS, C.EVENT_ID)
     so_far = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    previous_ts = F.coalesce(F.lag(C.TS).over(by_user), F.col("tail_end"))
-    gap_break = previous_ts.isNull() | ((F.unix_micros(C.TS) - F.unix_micros(previous_ts)) > gap_us)
-    with_activity = (
-        events.join(tail, on=C.USER_ID, how="left")
+
+    def slice_of(ts: str) -> Column:
+        return F.floor((F.unix_micros(ts) - F.unix_micros("activity_start")) / F.lit(max_us))
+
+    gap_break = F.col("_previous_ts").isNull() | (
+        (F.unix_micros(C.TS) - F.unix_micros("_previous_ts")) > gap_us
+    )
+    session_id = F.substring(
+        F.sha2(
+            F.concat_ws(
+                "|", C.SOURCE, C.USER_ID, F.unix_micros("activity_start").cast("string"),
+                slice_of(C.TS).cast("long").cast("string"),
+            ),
+            256,
+        ),
+        1,
+        32,
+    )
+    # A session starts where the activity does, or where its slice changes (the previous
+    # event, not a break, shares this event's activity_start).
+    starts = ~is_tail & (F.col("_gap_break") | (slice_of(C.TS) != slice_of("_previous_ts")))
+    # The tail row stands at position 1 of a session already tail_n_events long: its session
+    # "started" at 2 - tail_n_events, so the events continuing it number on from there.
+    start_position = F.max(
+        F.when(is_tail, 2 - F.col("tail_n_events")).when(F.col("is_session_start"), F.col("_position"))
+    ).over(so_far)
+    return (
+        events.withColumn("_previous_ts", F.lag(C.TS).over(by_user))
+        .withColumn("_position", F.row_number().over(by_user))
         .withColumn("_gap_break", gap_break)
-        # ts never decreases along the window, so the latest break is the running maximum.
+        # ts never decreases along the window, so the latest break is the running maximum; the
+        # tail row brings its activity's start.
         .withColumn(
             "activity_start",
-            F.coalesce(F.max(F.when(F.col("_gap_break"), F.col(C.TS))).over(so_far), F.col("tail_activity_start")),
+            F.max(F.when(is_tail, F.col("tail_activity_start")).when(F.col("_gap_break"), F.col(C.TS))).over(so_far),
         )
-        .withColumn(
-            "_slice",
-            F.floor((F.unix_micros(C.TS) - F.unix_micros("activity_start")) / F.lit(max_us)).cast("long"),
-        )
-        .withColumn(
-            C.SESSION_ID,
-            F.substring(
-                F.sha2(
-                    F.concat_ws(
-                        "|", C.SOURCE, C.USER_ID, F.unix_micros("activity_start").cast("string"),
-                        F.col("_slice").cast("string"),
-                    ),
-                    256,
-                ),
-                1,
-                32,
-            ),
-        )
-    )
-    previous_session = F.coalesce(F.lag(C.SESSION_ID).over(by_user), F.col("tail_session_id"))
-    # Position in the session from running row numbers over the same window (no second sort):
-    # the events before the first session start of the run continue the tail's session.
-    start_position = F.max(F.when(F.col("is_session_start"), F.col("_position"))).over(so_far)
-    session_seq = F.when(start_position.isNull(), F.col("tail_n_events") + F.col("_position")).otherwise(
-        F.col("_position") - start_position + 1
-    )
-    return (
-        with_activity.withColumn(
-            "is_session_start", previous_session.isNull() | (previous_session != F.col(C.SESSION_ID))
-        )
-        .withColumn("_position", F.row_number().over(by_user))
-        .withColumn("session_seq", session_seq.cast("int"))
+        .withColumn(C.SESSION_ID, F.when(is_tail, F.col("tail_session_id")).otherwise(session_id))
+        .withColumn("is_session_start", starts)
+        .withColumn("session_seq", (F.col("_position") - start_position + 1).cast("int"))
+        .filter(~is_tail)
         .select(*[f.name for f in schemas.SESSION_EVENTS.fields])
     )
 
@@ -302,24 +327,24 @@ def sessionize(
     events = tables.read(spark, cfg, C.EVENTS, schemas.EVENTS).filter(in_days)
     # Counted from the table itself, independently of the writes it must balance.
     events_in = events.count()
+    gap_days = math.ceil(settings.gap_minutes / (24 * 60))
+    previous = tables.read(spark, cfg, C.SESSION_EVENTS, schemas.SESSION_EVENTS).filter(
+        (F.col(C.SOURCE) == source)
+        & F.col(C.EVENT_DATE).between(
+            F.lit(date_from - dt.timedelta(days=gap_days)), F.lit(date_from - dt.timedelta(days=1))
+        )
+    )
+    tail = open_session_tail(previous, day=date_from, gap_minutes=settings.gap_minutes)
     # No partition count: AQE coalesces spark.shuffle_partitions to the advisory size, so each
     # task's sort stays the same size as the input grows (a fixed count spilled ever more).
-    ranked = events.repartition(C.USER_ID).transform(with_day_rank)
+    # A tail row is alone on its (earlier) day: day_rank 1, never over the cap.
+    ranked = events.transform(with_tail_rows, tail=tail).repartition(C.USER_ID).transform(with_day_rank)
     cap = settings.user_daily_cap
     over_cap = Observation("over_cap")
     with stage("sessionize: assign sessions") as info:
-        gap_days = math.ceil(settings.gap_minutes / (24 * 60))
-        previous = tables.read(spark, cfg, C.SESSION_EVENTS, schemas.SESSION_EVENTS).filter(
-            (F.col(C.SOURCE) == source)
-            & F.col(C.EVENT_DATE).between(
-                F.lit(date_from - dt.timedelta(days=gap_days)), F.lit(date_from - dt.timedelta(days=1))
-            )
-        )
-        tail = open_session_tail(previous, day=date_from, gap_minutes=settings.gap_minutes)
         assigned = with_session_assignment(
             ranked.observe(over_cap, F.sum(F.when(F.col("day_rank") > cap, 1).otherwise(0)).alias("n"))
             .filter(F.col("day_rank") <= cap),
-            tail,
             gap_minutes=settings.gap_minutes,
             max_duration_minutes=settings.max_duration_minutes,
         )

@@ -13,8 +13,21 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 import pyspark.sql.types as T
 
+from seqlake import constants as C
 from seqlake.config import Config
 from seqlake.progress import log
+
+# The columns whose per-file min/max Delta records (delta.dataSkippingStatsColumns), for the
+# tables written at full event volume. Delta's default, the first 32 columns, cost ~40% of
+# each write there (10M session_events rows: 24.5 s -> 15.0 s) for columns no file can be
+# skipped on: item ids, event types and hashed ids spread over every file. user_id stays:
+# files are sorted and Z-ordered by it, and analysts filter by it. Set when a table is created;
+# README "Housekeeping" shows the ALTER TABLE for a table created before.
+STATS_COLUMNS: dict[str, tuple[str, ...]] = {
+    C.EVENTS: (C.USER_ID, C.TS),
+    C.SESSION_EVENTS: (C.USER_ID, C.TS),
+    C.SESSIONS: (C.USER_ID, "session_start"),
+}
 
 
 def exists(spark: SparkSession, cfg: Config, table: str) -> bool:
@@ -65,6 +78,7 @@ def replace_where(
         try:
             (
                 df.write.format("delta")
+                .options(**creation_options(df.sparkSession, cfg, table))
                 .mode("overwrite")
                 .option("replaceWhere", predicate)
                 .partitionBy(*partition_by)
@@ -99,7 +113,19 @@ def replace_where_unless_noop(
 
 
 def append(df: DataFrame, cfg: Config, table: str, partition_by: Sequence[str] = ()) -> None:
-    df.write.format("delta").mode("append").partitionBy(*partition_by).save(cfg.table_path(table))
+    (
+        df.write.format("delta").options(**creation_options(df.sparkSession, cfg, table))
+        .mode("append").partitionBy(*partition_by).save(cfg.table_path(table))
+    )
+
+
+def creation_options(spark: SparkSession, cfg: Config, table: str) -> dict[str, str]:
+    """Table properties for the write that creates ``table`` (none once it exists: a property
+    change on every write would be a metadata commit that fails concurrent writers)."""
+    columns = STATS_COLUMNS.get(table)
+    if columns is None or exists(spark, cfg, table):
+        return {}
+    return {"delta.dataSkippingStatsColumns": ",".join(columns)}
 
 
 def register(spark: SparkSession, cfg: Config, tables: Sequence[str], *, comments: bool = True) -> list[str]:

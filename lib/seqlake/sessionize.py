@@ -110,15 +110,11 @@ def with_tail_rows(events: DataFrame, tail: DataFrame) -> DataFrame:
     """
     event_cols = [f.name for f in schemas.EVENTS.fields]
     marks = {"tail_activity_start": "timestamp", "tail_session_id": "string", "tail_n_events": "int"}
+    known = {C.USER_ID: F.col(C.USER_ID), C.TS: F.col("tail_end"), C.SOURCE: F.col(C.SOURCE),
+             C.EVENT_DATE: F.col(C.EVENT_DATE)}
     as_events = tail.select(
-        *[
-            F.col(C.USER_ID) if name == C.USER_ID
-            else F.col("tail_end").alias(C.TS) if name == C.TS
-            else F.col(name) if name in (C.SOURCE, C.EVENT_DATE)
-            else F.lit(None).cast(schemas.EVENTS[name].dataType).alias(name)
-            for name in event_cols
-        ],
-        *[F.col(name) for name in marks],
+        *[known.get(name, F.lit(None).cast(schemas.EVENTS[name].dataType)).alias(name) for name in event_cols],
+        *marks,
     )
     return events.select(
         *event_cols, *[F.lit(None).cast(kind).alias(name) for name, kind in marks.items()]
@@ -151,7 +147,7 @@ def with_session_assignment(events: DataFrame, *, gap_minutes: int, max_duration
         F.sha2(
             F.concat_ws(
                 "|", C.SOURCE, C.USER_ID, F.unix_micros("activity_start").cast("string"),
-                slice_of(C.TS).cast("long").cast("string"),
+                F.col("_slice").cast("long").cast("string"),
             ),
             256,
         ),
@@ -160,7 +156,7 @@ def with_session_assignment(events: DataFrame, *, gap_minutes: int, max_duration
     )
     # A session starts where the activity does, or where its slice changes (the previous
     # event, not a break, shares this event's activity_start).
-    starts = ~is_tail & (F.col("_gap_break") | (slice_of(C.TS) != slice_of("_previous_ts")))
+    starts = ~is_tail & (F.col("_gap_break") | (F.col("_slice") != slice_of("_previous_ts")))
     # The tail row stands at position 1 of a session already tail_n_events long: its session
     # "started" at 2 - tail_n_events, so the events continuing it number on from there.
     start_position = F.max(
@@ -176,6 +172,7 @@ def with_session_assignment(events: DataFrame, *, gap_minutes: int, max_duration
             "activity_start",
             F.max(F.when(is_tail, F.col("tail_activity_start")).when(F.col("_gap_break"), F.col(C.TS))).over(so_far),
         )
+        .withColumn("_slice", slice_of(C.TS))
         .withColumn(C.SESSION_ID, F.when(is_tail, F.col("tail_session_id")).otherwise(session_id))
         .withColumn("is_session_start", starts)
         .withColumn("session_seq", (F.col("_position") - start_position + 1).cast("int"))

@@ -95,19 +95,27 @@ def _add_count_maps(a: F.Column, b: F.Column) -> F.Column:
 
 def _per_user(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFrame:
     """``history_state``'s rows plus ``OPENS_SESSION`` (see ``day_state``)."""
-    by_time = Window.partitionBy(*KEY).orderBy(C.TS, C.EVENT_ID)
-    whole = Window.partitionBy(*KEY)
+    # One window (one sort, one pass over each user's events) gives every per-event value.
+    # Ordered by day first: event_date is ts's UTC date, so the order is the same, and each day's
+    # events are then contiguous.
+    by_time = Window.partitionBy(*KEY).orderBy(C.EVENT_DATE, C.TS, C.EVENT_ID)
+    so_far = by_time.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     is_cart = F.col(C.EVENT_TYPE) == "cart"
     is_purchase = F.col(C.EVENT_TYPE) == "purchase"
     is_start = F.col("is_session_start")
+    day_flags = {"carts": is_cart, "purchases": is_purchase, "sessions": is_start}
     enc = [vocab.ENC_PREFIX + name for name in vocab.ARRAYS]
-    ranked = (
-        encoded.withColumn("_prev_ts", F.lag(C.TS).over(by_time))
-        .withColumn(vocab.ENC_PREFIX + "gap_bucket", vocab.gap_bucket(F.col(C.TS), F.col("_prev_ts")))
-        .withColumn("_n", F.row_number().over(by_time))
-        .withColumn("_total", F.count(F.lit(1)).over(whole))
-        .withColumn("_last_date", F.max(C.EVENT_DATE).over(whole))
-    )
+    ranked = encoded.select(
+        "*",
+        F.lag(C.TS).over(by_time).alias("_prev_ts"),
+        F.row_number().over(by_time).alias("_n"),
+        # One of the user's last `length` events: none `length` places later. Collecting only
+        # those bounds the list below for a user with millions of events.
+        F.lead(C.TS, length).over(by_time).isNull().alias("_in_last"),
+        # The day's last event: its running totals close the day.
+        F.coalesce(F.lead(C.EVENT_DATE).over(by_time) != F.col(C.EVENT_DATE), F.lit(True)).alias("_day_end"),
+        *[F.sum(flag.cast("long")).over(so_far).alias(f"_{name}_so_far") for name, flag in day_flags.items()],
+    ).withColumn(vocab.ENC_PREFIX + "gap_bucket", vocab.gap_bucket(F.col(C.TS), F.col("_prev_ts")))
     # An event that continues a session adds its gap to the previous event: summed, the sessions'
     # durations. Without a previous event here (the first of a day_state), combine_states adds it.
     session_gap = F.when(
@@ -115,6 +123,7 @@ def _per_user(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFra
     ).otherwise(F.lit(0).cast("long"))
     # The position _n leads the struct, so sorting the collected list restores time order.
     recent_event = F.struct(F.col("_n"), *[F.col(c) for c in enc])
+    day_totals = F.struct(C.EVENT_DATE, *[F.col(f"_{name}_so_far").alias(name) for name in day_flags])
     per_user = ranked.groupBy(*KEY).agg(
         F.min(C.TS).alias("first_ts"),
         F.max(C.TS).alias("last_ts"),
@@ -129,22 +138,26 @@ def _per_user(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFra
         F.array(*[F.sum((F.hour(C.TS) == h).cast("long")) for h in range(24)]).alias("hour_counts"),
         F.array(*[F.sum((F.weekday(C.EVENT_DATE) == d).cast("long")) for d in range(7)]).alias("weekday_counts"),
         F.bool_or((F.col("_n") == 1) & is_start).alias(OPENS_SESSION),
-        F.array_sort(F.collect_list(F.when(F.col("_n") > F.col("_total") - length, recent_event))).alias("_recent"),
+        F.array_sort(F.collect_list(F.when(F.col("_in_last"), recent_event))).alias("_recent"),
+        # One entry per active day (bounded by the days of history), its running totals.
+        F.array_sort(F.collect_list(F.when(F.col("_day_end"), day_totals))).alias("_day_totals"),
     )
-    per_day = ranked.groupBy(*KEY, C.EVENT_DATE).agg(
-        F.sum(is_cart.cast("long")).alias("carts"),
-        F.sum(is_purchase.cast("long")).alias("purchases"),
-        F.sum(is_start.cast("long")).alias("sessions"),
-        F.first("_last_date").alias("_last_date"),
+    # A day's counts are its running totals less the previous active day's; every active day of
+    # the 30 ending with the last one is kept (combine_states keeps the same days).
+    totals = F.col("_day_totals")
+
+    def day_counts(day: F.Column, i: F.Column) -> F.Column:
+        before = F.element_at(totals, F.greatest(i, F.lit(1)))  # the previous day (1-based index i)
+        return F.struct(day[C.EVENT_DATE].alias(C.EVENT_DATE), *[
+            (day[name] - F.when(i > 0, before[name]).otherwise(F.lit(0).cast("long"))).alias(name)
+            for name in day_flags
+        ])
+
+    recent_days = F.filter(
+        F.transform(totals, day_counts),
+        lambda d: d[C.EVENT_DATE] > F.date_sub(F.col("last_event_date"), DAILY_DAYS),
     )
-    # Every active day of the 30 ending with the last one (combine_states keeps the same days).
-    keep_day = F.col(C.EVENT_DATE) > F.date_sub("_last_date", DAILY_DAYS)
-    days = per_day.groupBy(*KEY).agg(
-        F.count(F.lit(1)).alias("active_days"),
-        F.array_sort(
-            F.collect_list(F.when(keep_day, F.struct(C.EVENT_DATE, "carts", "purchases", "sessions")))
-        ).alias("daily"),
-    )
+    per_user = per_user.withColumn("active_days", F.size(totals).cast("long")).withColumn("daily", recent_days)
     # Categories and brands in one pass: each event counts once under ("c", category_id) and once
     # under ("b", brand); a null brand is grouped but left out of the map.
     tokens = (
@@ -165,10 +178,9 @@ def _per_user(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFra
         count_map("c").alias("category_counts"), count_map("b").alias("brand_counts")
     )
     return (
-        per_user.join(days, on=KEY, how="inner")
         # Every user has a category, so "left" equals "inner" here; but a left join whose right
         # side is unused is dropped by Spark: sequence snapshots from history skip this branch.
-        .join(by_token, on=KEY, how="left")
+        per_user.join(by_token, on=KEY, how="left")
         .withColumn(C.VOCAB_VERSION, F.lit(vocab_version))
         .select(
             *[c for c in _state_columns() if c not in vocab.ARRAYS],
@@ -183,9 +195,9 @@ def history_state(encoded: DataFrame, *, length: int, vocab_version: int) -> Dat
     """The state of every user in ``encoded`` (session_events rows through
     ``vocab.with_encoded_tokens``), as of their last event.
 
-    Keeps the LAST ``length`` events of each user, in (ts, event_id) order. Every branch (per
-    user, per day, per category and brand) ends partitioned by user, so they join without
-    another shuffle.
+    Keeps the LAST ``length`` events of each user, in (ts, event_id) order. Both branches (per
+    user, and per category and brand) end partitioned by user, so they join without another
+    shuffle.
     """
     return _per_user(encoded, length=length, vocab_version=vocab_version).select(*_state_columns())
 

@@ -147,10 +147,10 @@ def _per_user(encoded: DataFrame, *, length: int, vocab_version: int) -> DataFra
     totals = F.col("_day_totals")
 
     def day_counts(day: F.Column, i: F.Column) -> F.Column:
-        before = F.element_at(totals, F.greatest(i, F.lit(1)))  # the previous day (1-based index i)
+        # i is the day's 0-based index, so the 1-based element i is the previous day (none at 0).
+        before = F.when(i > 0, F.element_at(totals, i))
         return F.struct(day[C.EVENT_DATE].alias(C.EVENT_DATE), *[
-            (day[name] - F.when(i > 0, before[name]).otherwise(F.lit(0).cast("long"))).alias(name)
-            for name in day_flags
+            (day[name] - F.coalesce(before[name], F.lit(0).cast("long"))).alias(name) for name in day_flags
         ])
 
     recent_days = F.filter(

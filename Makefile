@@ -75,6 +75,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/floors.py --lake-ready
 	$(BIN)/python bench/bench_ingest_sessionize.py
 	$(BIN)/python bench/bench_encoding.py
 	$(BIN)/python bench/bench_training.py

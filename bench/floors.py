@@ -60,6 +60,7 @@ def run_floor(stage: str, work: Path, first: dt.date, last: dt.date, driver_memo
     for table in {"ingest_floor": ["events"], "sessionize_floor": ["session_events", "sessions"]}.get(stage, []):
         subprocess.run(["rm", "-rf", str(floors / table)], check=True)
     info: dict = {}
+    counted: dict[str, Path] = {}  # tables whose rows are counted after the clock stops
     start = time.monotonic()
     if stage == "ingest_floor":
         raw = spark.read.schema(
@@ -68,7 +69,7 @@ def run_floor(stage: str, work: Path, first: dt.date, last: dt.date, driver_memo
         ).json(f"{cfg.lake.landing_root}/raw/generator/dt=*/*.jsonl")
         events = raw.withColumn("ts", F.col("ts").cast("timestamp")).withColumn("event_date", F.to_date("ts"))
         events.write.format("delta").mode("overwrite").partitionBy("event_date").save(str(floors / "events"))
-        info["units"] = spark.read.format("delta").load(str(floors / "events")).count()
+        counted = {"units": floors / "events"}
     elif stage == "sessionize_floor":
         gap_us = cfg.sessionize.gap_minutes * 60_000_000
         by_user = Window.partitionBy("user_id").orderBy("event_date", "ts", "item_id")
@@ -90,8 +91,7 @@ def run_floor(stage: str, work: Path, first: dt.date, last: dt.date, driver_memo
             .withColumn("session_date", F.to_date("first_ts"))
         )
         sessions.write.format("delta").mode("overwrite").partitionBy("session_date").save(str(floors / "sessions"))
-        info["units"] = spark.read.format("delta").load(str(floors / "session_events")).count()
-        info["sessions"] = spark.read.format("delta").load(str(floors / "sessions")).count()
+        counted = {"units": floors / "session_events", "sessions": floors / "sessions"}
     elif stage == "nightly_floor":
         from seqlake import state
 
@@ -108,6 +108,7 @@ def run_floor(stage: str, work: Path, first: dt.date, last: dt.date, driver_memo
     else:
         raise SystemExit(f"unknown floor stage {stage}")
     info["seconds"] = time.monotonic() - start
+    info.update({name: spark.read.format("delta").load(str(path)).count() for name, path in counted.items()})
     info["jvm_peak_rss_mb"] = jvm_peak_rss_mb(spark)
     spark.stop()
     return info

@@ -1,7 +1,8 @@
 """Property-based: hostile raw records through the whole ingestion (files on disk, Delta tables).
 
-Each generated batch mixes valid events (ids full of injection-like strings included) with
-records that are random bytes, wrongly encoded, oversized, nested where a scalar belongs, or
+Hypothesis draws a few hundred batches per run, with pseudonymisation off and on; each is one
+file of one ingestion (a run per example would allow only a dozen). Each batch mixes valid
+events (ids full of injection-like strings included) with records that are random bytes, wrongly encoded, oversized, nested where a scalar belongs, or
 timed at the edges of time. Whatever the batch: ingestion finishes, rows read = written +
 quarantined + duplicates, each quarantined row carries the specific reason its defect calls
 for, and valid ids arrive byte for byte.
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import hashlib
+import hmac
 import json
-import shutil
-import tempfile
+import os
+import random
 from pathlib import Path
 
+import hypothesis
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,10 +38,12 @@ INJECTION = [
     "<script>alert(1)</script>", "${jndi:ldap://evil/a}", "$(rm -rf /)", "%s%s%n", "nul\u0000byte",
     "tab\there", "quote\"and'apostrophe", "back\\slash", "🙂 emoji", "ünïcödé", "event_date = '2024-01-01'",
 ]
-# An id: no blank edges (ingestion trims them), no leading { or [ (a nested value), no U+FFFD.
+# An id: no blank edges (ingestion trims them), no U+FFFD; inner spaces and a leading { or [
+# (a string, not a nested value) are valid.
 _id_chars = st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters="\ufffd")
-IDS = st.one_of(st.sampled_from(INJECTION),
-                st.text(_id_chars, min_size=1, max_size=20).filter(lambda s: s[0] not in "{["))
+IDS = st.one_of(st.sampled_from(INJECTION + ["{looks nested", "[0] x", "a b c", '{"id": 1}', "[]"]),
+                st.text(st.one_of(_id_chars, st.just(" ")), min_size=1, max_size=20)
+                .filter(lambda s: s.strip(" ") == s))
 
 _serial = iter(range(10**9))
 
@@ -115,34 +121,71 @@ def batches(draw):
     return draw(st.permutations(records))
 
 
+def generated_batches(count: int, seed: int) -> list[list[tuple[bytes, str | None]]]:
+    """``count`` batches drawn by Hypothesis (its generation and its mix of edge cases), collected
+    so that one ingestion can take them all: a Spark job per example would allow a dozen."""
+    drawn: list = []
+
+    @hypothesis.seed(seed)
+    @settings(max_examples=count, deadline=None, database=None, phases=[hypothesis.Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(batch=batches())
+    def collect(batch):
+        drawn.append(batch)
+
+    collect()
+    return drawn
+
+
+BATCHES = 200  # per setting; each a file of up to ~30 records
+KEY = b"hostile-test-key"
+
+
 @pytest.mark.slow
-@settings(max_examples=12, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(batch=batches())
-def test_hostile_batches_balance_and_get_specific_reasons(spark, batch):
-    root = Path(tempfile.mkdtemp(prefix="hostile-"))
-    try:
-        cfg = make_config(root, f"ingest.max_field_chars={MAX_FIELD}", f"ingest.max_record_chars={MAX_RECORD}",
-                          "ingest.quarantine_threshold=1.0")
-        landing = Path(cfg.lake.landing_root) / "raw" / "generator" / f"dt={DAY}"
-        landing.mkdir(parents=True)
-        (landing / "part-0.jsonl").write_bytes(b"\n".join(line for line, _ in batch) + b"\n")
+@pytest.mark.parametrize("pseudonymise", [False, True], ids=["plain", "pseudonymised"])
+def test_hostile_batches_balance_and_get_specific_reasons(spark, tmp_path, monkeypatch, pseudonymise):
+    seed = int(os.environ.get("SEQLAKE_HYPOTHESIS_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"SEQLAKE_HYPOTHESIS_SEED={seed} reproduces this run's batches")
+    drawn = generated_batches(BATCHES, seed)
+    assert len(drawn) == BATCHES
+    monkeypatch.setenv("SEQLAKE_HOSTILE_KEY", KEY.decode())
+    cfg = make_config(tmp_path, f"ingest.max_field_chars={MAX_FIELD}", f"ingest.max_record_chars={MAX_RECORD}",
+                      "ingest.quarantine_threshold=1.0", f"pseudonymise.enabled={str(pseudonymise).lower()}",
+                      "pseudonymise.key_env=SEQLAKE_HOSTILE_KEY")
+    landing = Path(cfg.lake.landing_root) / "raw" / "generator" / f"dt={DAY}"
+    landing.mkdir(parents=True)
+    for i, batch in enumerate(drawn):
+        (landing / f"part-{i:04d}.jsonl").write_bytes(b"\n".join(line for line, _ in batch) + b"\n")
 
-        result = ingest(spark, cfg, load_source(cfg.ingest.sources_dir, "generator"), window_start=DAY, window_end=DAY)
+    result = ingest(spark, cfg, load_source(cfg.ingest.sources_dir, "generator"), window_start=DAY, window_end=DAY)
 
-        valid_lines = [line for line, reason in batch if reason is None]
-        assert result.rows_read == len(batch)
-        assert result.rows_read == result.rows_written + result.rows_quarantined + result.duplicates_dropped
-        assert result.duplicates_dropped == len(valid_lines) - len(set(valid_lines))
-        quarantine = tables.read(spark, cfg, C.EVENTS_QUARANTINE).collect() if result.rows_quarantined else []
+    lines = [record for batch in drawn for record in batch]
+    distinct_valid = {line for line, reason in lines if reason is None}
+    assert result.rows_read == len(lines)
+    assert result.rows_read == result.rows_written + result.rows_quarantined + result.duplicates_dropped
+    assert result.rows_written == len(distinct_valid)  # exact copies stay within a batch
+    quarantine = tables.read(spark, cfg, C.EVENTS_QUARANTINE).collect()
+    events = tables.read(spark, cfg, C.EVENTS).collect()
+
+    def pseudonym(user_id: str) -> str:
+        return hmac.new(KEY, user_id.encode("utf-8"), hashlib.sha256).hexdigest() if pseudonymise else user_id
+
+    # Batch by batch: each quarantined row carries the reason its defect calls for, and valid ids
+    # arrive exactly as sent (injection-like text is data, never SQL or a path).
+    reasons_by_file = collections.defaultdict(collections.Counter)
+    for row in quarantine:
+        reasons_by_file[row.source_file.rsplit("/", 1)[-1]][row.reason] += 1
+    events_by_item = collections.Counter((r.user_id, r.item_id) for r in events)
+    for i, batch in enumerate(drawn):
         expected = collections.Counter(reason for _, reason in batch if reason is not None)
-        assert collections.Counter(r.reason for r in quarantine) == expected
-        assert all(r.detail and r.raw_record is not None for r in quarantine)
-        # Invalid bytes are stored replaced, so any Parquet reader can open the quarantine.
-        assert all("\ufffd" in r.raw_record for r in quarantine if r.reason == C.BAD_ENCODING)
-        events = tables.read(spark, cfg, C.EVENTS).collect() if result.rows_written else []
-        # Valid ids arrive exactly as sent (injection-like text is data, never SQL or a path).
-        sent = collections.Counter((json.loads(line)["user_id"], json.loads(line)["item_id"]) for line in set(valid_lines))
-        assert collections.Counter((r.user_id, r.item_id) for r in events) == sent
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        assert reasons_by_file[f"part-{i:04d}.jsonl"] == expected, (i, batch)
+        sent = {(pseudonym(json.loads(line)["user_id"]), json.loads(line)["item_id"])
+                for line, reason in batch if reason is None}
+        assert all(events_by_item[key] == 1 for key in sent), (i, batch)
+    assert sum(events_by_item.values()) == len(distinct_valid)
+    assert all(r.detail and r.raw_record is not None for r in quarantine)
+    # Invalid bytes are stored replaced, so any Parquet reader can open the quarantine.
+    assert all("\ufffd" in r.raw_record for r in quarantine if r.reason == C.BAD_ENCODING)
+    if pseudonymise:  # quarantined records are rebuilt around the pseudonym, or redacted
+        assert not [r.raw_record for r in quarantine if '"u1"' in r.raw_record]
+        assert all(r.user_id is None or len(r.user_id) == 64 for r in quarantine)

@@ -15,8 +15,8 @@ from seqlake import schemas, tables
 from seqlake.ingest import (
     QuarantineThresholdExceeded,
     classify,
-    hmac_sha256_hex,
     ingest,
+    keyed_pseudonyms,
     select_events,
     select_quarantine,
 )
@@ -71,7 +71,7 @@ def lines_df(spark, lines):
 def test_classify_gives_each_bad_row_its_reason(spark):
     spec = load_source(SOURCES, "generator")
     classified = classify(lines_df(spark, [c[0] for c in CASES]), spec=spec, window_start=DAY, window_end=DAY,
-                          max_field_chars=1024, max_record_chars=16384, pseudonym_key=None)
+                          max_field_chars=1024, max_record_chars=16384, pseudonym=None)
     rows = classified.select("raw_record", "reason").collect()
     assert len(rows) == len(CASES)  # one row out per row in
     assert sorted((r.raw_record, r.reason) for r in rows if r.reason) == sorted(c for c in CASES if c[1])
@@ -82,7 +82,7 @@ def test_valid_rows_become_exact_canonical_events(spark):
     spec = load_source(SOURCES, "generator")
     classified = classify(lines_df(spark, [CASES[0][0], CASES[1][0], CASES[2][0]]), spec=spec,
                           window_start=DAY, window_end=DAY, max_field_chars=1024, max_record_chars=16384,
-                          pseudonym_key=None)
+                          pseudonym=None)
     ts1 = dt.datetime(2024, 1, 2, 10, 0, 0, 123000)
     ts2 = dt.datetime(2024, 1, 2, 23, 59, 59)
     id1 = expected_event_id(["generator", "u1", "1704189600123000", "view", "i1", "c1", "a.b", "acme", "12.5", "s1"])
@@ -113,7 +113,7 @@ def test_csv_source_with_header_and_pattern_timestamps(spark):
     ]
     classified = classify(lines_df(spark, lines), spec=spec, window_start=dt.date(2019, 10, 1),
                           window_end=dt.date(2019, 10, 1), max_field_chars=1024, max_record_chars=16384,
-                          pseudonym_key=None)
+                          pseudonym=None)
     reasons = sorted(r.reason or "" for r in classified.select("reason").collect())
     assert reasons == ["", "", "bad_timestamp", "malformed_record"]
     valid = select_events(classified).orderBy("ts").collect()
@@ -124,11 +124,46 @@ def test_csv_source_with_header_and_pattern_timestamps(spark):
     ]
 
 
-def test_hmac_matches_python(spark):
+def secret_forms(key: bytes) -> list[bytes]:
+    """The key and what an HMAC computed in Spark expressions would put in a plan: the key
+    zero-padded to the block, XOR 0x36 and XOR 0x5C, raw and as hex either case."""
+    padded = key.ljust(64, b"\x00")
+    forms = [key]
+    for pad in (0x36, 0x5C):
+        raw = bytes(b ^ pad for b in padded)
+        forms += [raw, raw.hex().encode(), raw.hex().upper().encode()]
+    return forms
+
+
+def test_hmac_matches_python_and_the_key_stays_out_of_the_plan(spark):
+    from pyspark import cloudpickle
+
     key = b"secret-key-0123456789"
-    got = spark.createDataFrame([("u1",), ("541312140",)], "v string").select(
-        hmac_sha256_hex(F.col("v"), key).alias("h")).collect()
-    assert [r.h for r in got] == [hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in ("u1", "541312140")]
+    values = ["u1", "541312140", "ünï cödé {x", None]
+    with keyed_pseudonyms(spark, key) as pseudonym:
+        df = spark.createDataFrame([(v,) for v in values], "v string").select(pseudonym(F.col("v")).alias("h"))
+        got = [r.h for r in df.collect()]
+        execution = df._jdf.queryExecution()
+        # Parsed, analyzed, optimized and physical plans, and the executed one with its codegen.
+        plans = "\n".join([execution.toString(), execution.executedPlan().toString()])
+        shipped = cloudpickle.dumps(pseudonym.func)  # what executors receive with each task
+        spark.sparkContext._pickled_broadcast_vars.clear()  # that pickling registered the broadcast
+    assert got == [hmac.new(key, v.encode(), hashlib.sha256).hexdigest() for v in values[:3]] + [None]
+    assert "hmac_sha256_hex" in plans
+    for form in secret_forms(key):
+        assert form.decode("latin-1") not in plans and form not in shipped, form
+    with keyed_pseudonyms(spark, None) as pseudonym:
+        assert pseudonym is None
+
+
+@pytest.mark.parametrize("user_id", ["a b", "{abc", "[1, 2", " {y", "{\"id\": 1}", "[]x"])
+def test_an_id_that_only_looks_nested_is_valid(spark, user_id):
+    spec = load_source(SOURCES, "generator")
+    classified = classify(lines_df(spark, [event(user_id=user_id), event(item_id=[user_id])]), spec=spec,
+                          window_start=DAY, window_end=DAY, max_field_chars=1024, max_record_chars=16384,
+                          pseudonym=None)
+    rows = classified.select("user_id", "item_id", "reason").collect()
+    assert [(r.user_id, r.reason) for r in rows] == [(user_id.strip(), None), ("u1", C.NESTED_VALUE)]
 
 
 def write_landing(cfg, day, lines, name="part-00.jsonl"):

@@ -17,14 +17,20 @@ Contract of one run (source S, window [start, end] of UTC dates):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import hmac
+import re
 import uuid
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
+
+import pandas as pd
 
 import pyspark.sql.functions as F
 import pyspark.sql.types as T
+from pyspark import Broadcast
 from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 
 from seqlake import constants as C
@@ -150,6 +156,23 @@ def with_canonical_fields(parsed: DataFrame, *, spec: SourceSpec) -> DataFrame:
     )
 
 
+def _is_nested(spec: SourceSpec, canonical: str) -> Column:
+    """True where the JSON record holds an object or array in ``canonical``'s raw field.
+
+    The string reader gives such a value as its JSON text, which a string id may also look
+    like (``"{a b"``), so the record is parsed again, for the rare values that start with
+    ``{`` or ``[`` only, and the field's JSON type decides. Delimited text has no nesting.
+    """
+    if spec.format != "json":
+        return F.lit(False)
+    text = F.col(f"_s_{canonical}")
+    name = spec.fields[canonical]
+    path = f"$.{name}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else "$['" + name.replace("'", "\\'") + "']"
+    kind = F.schema_of_variant(F.try_variant_get(F.try_parse_json("raw_record"), path, "variant"))
+    looks_nested = text.startswith("{") | text.startswith("[")
+    return F.when(looks_nested, kind.startswith("OBJECT") | kind.startswith("ARRAY")).otherwise(F.lit(False))
+
+
 def with_quarantine_reason(
     df: DataFrame,
     *,
@@ -166,10 +189,7 @@ def with_quarantine_reason(
     # Sizes in bytes (octet_length is O(1) on Spark strings; length() scans for characters).
     lengths = {f: F.octet_length(F.col(f"_s_{f}")) for f in mapped}
     oversized = F.coalesce(*[F.when(lengths[f] > max_field_chars, F.lit(f)) for f in mapped])
-    nested = F.coalesce(
-        *[F.when(F.col(f"_s_{f}").startswith("{") | F.col(f"_s_{f}").startswith("["), F.lit(f))
-          for f in C.REQUIRED_FIELDS]
-    )
+    nested = F.coalesce(*[F.when(_is_nested(spec, f), F.lit(f)) for f in C.REQUIRED_FIELDS if f in spec.fields])
     missing = F.coalesce(*[F.when(F.col(f"_s_{f}").isNull(), F.lit(f)) for f in C.REQUIRED_FIELDS])
     blank = (F.octet_length("raw_record") < 8) & (F.trim("raw_record") == "")
     malformed = F.col("_raw._corrupt_record").isNotNull() | blank
@@ -213,33 +233,52 @@ def with_quarantine_reason(
     )
 
 
-def hmac_sha256_hex(value: Column, key: bytes) -> Column:
-    """HMAC-SHA256 (RFC 2104) of ``value`` as lower-case hex, with Spark built-ins only.
+@contextlib.contextmanager
+def keyed_pseudonyms(spark: SparkSession, key: bytes | None) -> Iterator[Callable[[Column], Column] | None]:
+    """Within the block, a function that gives a column's HMAC-SHA256 under ``key`` (RFC 2104,
+    lower-case hex); None when ``key`` is None (pseudonymisation off).
 
-    The key is padded on the driver; the executors only see the two padded constants.
+    Spark has no keyed hash built in, and any expression of the key (even its padded forms)
+    would be a literal in every query plan, the UI and the event logs. So the key travels in a
+    broadcast, read by a vectorised UDF: the plan names only the function and the broadcast's
+    id. The broadcast is destroyed when the block ends, which removes its driver-side file;
+    everything computed with the function must be materialised inside the block.
     """
-    block = 64
-    if len(key) > block:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(block, b"\x00")
-    inner_pad = bytes(b ^ 0x36 for b in key)
-    outer_pad = bytes(b ^ 0x5C for b in key)
-    inner = F.unhex(F.sha2(F.concat(F.lit(inner_pad), F.encode(value, "UTF-8")), 256))
-    return F.sha2(F.concat(F.lit(outer_pad), inner), 256)
+    if key is None:
+        yield None
+        return
+    secret = spark.sparkContext.broadcast(key)
+    try:
+        yield _hmac_sha256_hex_udf(secret)
+    finally:
+        secret.destroy()
 
 
-def with_pseudonymised_user(df: DataFrame, *, key: bytes | None, spec: SourceSpec) -> DataFrame:
+def _hmac_sha256_hex_udf(secret: Broadcast) -> Callable[[Column], Column]:
+    @F.pandas_udf(T.StringType())
+    def hmac_sha256_hex(values: pd.Series) -> pd.Series:
+        key = secret.value
+        return values.map(lambda v: hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest(),
+                          na_action="ignore")
+
+    return hmac_sha256_hex
+
+
+def with_pseudonymised_user(
+    df: DataFrame, *, pseudonym: Callable[[Column], Column] | None, spec: SourceSpec
+) -> DataFrame:
     """Replace ``_s_user_id`` by its keyed HMAC and re-serialise ``raw_record`` without the raw id.
 
     A record whose user id cannot be parsed is replaced by a redaction marker with its hash, so
-    that no raw user id reaches any table. No-op when ``key`` is None.
+    that no raw user id reaches any table. No-op when ``pseudonym`` is None.
     """
-    if key is None:
+    if pseudonym is None:
         return df
-    pseudonym = hmac_sha256_hex(F.col("_s_user_id"), key)
+    # Computed once as a column (a Python UDF is evaluated for every row wherever it appears).
+    df = df.withColumn("_pseudonym", pseudonym(F.col("_s_user_id")))
     user_raw_name = spec.fields["user_id"]
     raw_cols = [
-        pseudonym if name == user_raw_name else F.col("_raw").getField(name)
+        F.col("_pseudonym") if name == user_raw_name else F.col("_raw").getField(name)
         for name in spec.raw_columns
     ]
     if spec.format == "json":
@@ -255,9 +294,7 @@ def with_pseudonymised_user(df: DataFrame, *, key: bytes | None, spec: SourceSpe
     quarantined = F.col("reason").isNotNull()  # valid rows do not keep their raw record
     return df.withColumn(
         "raw_record", F.when(quarantined, F.when(can_rebuild, rebuilt).otherwise(redacted))
-    ).withColumn(
-        "_s_user_id", F.when(F.col("_s_user_id").isNotNull(), pseudonym)
-    )
+    ).withColumn("_s_user_id", F.col("_pseudonym")).drop("_pseudonym")
 
 
 def with_event_id(df: DataFrame) -> DataFrame:
@@ -290,9 +327,10 @@ def classify(
     window_end: dt.date,
     max_field_chars: int,
     max_record_chars: int,
-    pseudonym_key: bytes | None,
+    pseudonym: Callable[[Column], Column] | None,
 ) -> DataFrame:
-    """Every input line with its typed canonical fields, ``reason`` and ``detail``."""
+    """Every input line with its typed canonical fields, ``reason`` and ``detail``; user ids
+    replaced by ``pseudonym`` of them when given (see ``keyed_pseudonyms``)."""
     return (
         lines.transform(filter_header_lines, spec=spec)
         .transform(with_raw_fields, spec=spec)
@@ -305,7 +343,7 @@ def classify(
             max_field_chars=max_field_chars,
             max_record_chars=max_record_chars,
         )
-        .transform(with_pseudonymised_user, key=pseudonym_key, spec=spec)
+        .transform(with_pseudonymised_user, pseudonym=pseudonym, spec=spec)
         .transform(select_classified, source=spec.name)
         .transform(with_event_id)
     )
@@ -418,7 +456,7 @@ def ingest(
     inputs = resolve_inputs(spark, cfg, spec, window_start, window_end, input_path)
     log.info("[ingest] run %s source=%s window=%s..%s inputs=%s", run_id, spec.name, window_start, window_end, inputs)
 
-    with stage("ingest: read and classify") as info:
+    with stage("ingest: read and classify") as info, keyed_pseudonyms(spark, key) as pseudonym:
         classified = classify(
             read_raw_lines(spark, inputs, spec.file_glob if input_path is None else "*"),
             spec=spec,
@@ -426,10 +464,11 @@ def ingest(
             window_end=window_end,
             max_field_chars=cfg.ingest.max_field_chars,
             max_record_chars=cfg.ingest.max_record_chars,
-            pseudonym_key=key,
+            pseudonym=pseudonym,
         )
         # Materialise the narrow classification once as staging Parquet (cheaper to build than
-        # Spark's columnar cache); the counts, the quarantine and the events all read it.
+        # Spark's columnar cache); the counts, the quarantine and the events all read it. The
+        # pseudonyms are computed here, while the key's broadcast lives.
         staging = join_path(cfg.lake.root, "_staging", run_id)
         try:
             classified.write.mode("overwrite").parquet(staging)

@@ -2,10 +2,11 @@
 
 Hypothesis draws a few hundred batches per run, with pseudonymisation off and on; each is one
 file of one ingestion (a run per example would allow only a dozen). Each batch mixes valid
-events (ids full of injection-like strings included) with records that are random bytes, wrongly encoded, oversized, nested where a scalar belongs, or
-timed at the edges of time. Whatever the batch: ingestion finishes, rows read = written +
-quarantined + duplicates, each quarantined row carries the specific reason its defect calls
-for, and valid ids arrive byte for byte.
+events (ids full of injection-like strings included) with records that are random bytes,
+wrongly encoded, oversized, nested where a scalar belongs, or timed at the edges of time.
+Whatever the batch: ingestion finishes, rows read = written + quarantined + duplicates, each
+quarantined row carries the specific reason its defect calls for, and valid ids arrive byte for
+byte (or as their HMAC).
 """
 from __future__ import annotations
 

@@ -37,15 +37,18 @@ BAD = [
     ([], ["ingest", "--date", "2024-01-02", "--source", "no_such_source"], "no_such_source"),
     (["--conf", "/no/such/seqlake.yaml"], ["ingest", "--date", "2024-01-02"], "/no/such/seqlake.yaml: file not found"),
     (["--set", "ingest.sources_dir=/no/such/dir"], ["ingest", "--date", "2024-01-02"], "/no/such/dir"),
-    ([], ["sql", "DROP TABLE seqlake.events"], "refused: DROP"),
-    ([], ["sql", "WITH x AS (SELECT 1) INSERT INTO seqlake.events SELECT * FROM x"], "refused: INSERT"),
-    ([], ["sql", "delete from events"], "refused: DELETE"),
-    ([], ["sql", "OPTIMIZE seqlake.events"], "refused: OPTIMIZE"),
+    ([], ["sql", "DROP TABLE seqlake.events"], "refused: DROP TABLE (DropTable)"),
+    ([], ["sql", "WITH x AS (SELECT 1) INSERT INTO seqlake.events SELECT * FROM x"], "refused: INSERT (InsertIntoStatement)"),
+    ([], ["sql", "delete from events"], "refused: DELETE FROM TABLE (DeleteFromTable)"),
+    ([], ["sql", "OPTIMIZE seqlake.events"], "refused: OPTIMIZE TABLE (OptimizeTableCommand)"),
 ]
 
 
 @pytest.mark.parametrize("global_args,command,fragment", BAD, ids=[" ".join(b[1][:2]) + f"-{i}" for i, b in enumerate(BAD)])
-def test_bad_input_gives_one_line_naming_it_before_anything_is_touched(tmp_path, capsys, global_args, command, fragment):
+def test_bad_input_gives_one_line_naming_it_before_anything_is_touched(request, tmp_path, capsys, global_args, command,
+                                                                       fragment):
+    if command[0] == "sql":
+        request.getfixturevalue("spark")  # the guard asks the session's parser (the shared session)
     code, err = _run([*_args(tmp_path), *global_args, *command], capsys)
     assert code == cli.EXIT_USAGE, err
     lines = err.strip().splitlines()
@@ -61,6 +64,9 @@ def test_a_missing_input_path_is_named_not_a_spark_stack_trace(spark, tmp_path, 
     assert not (tmp_path / "lake").exists()
 
 
+RAW_STRING_BYPASS = r"WITH x AS (SELECT r'\' AS a) INSERT INTO seqlake.events SELECT * FROM seqlake.events --'"
+
+
 def test_sql_reads_and_writes_only_when_allowed(spark, tmp_path, capsys):
     from seqlake import constants as C
     from seqlake.config import load_config
@@ -74,33 +80,62 @@ def test_sql_reads_and_writes_only_when_allowed(spark, tmp_path, capsys):
     code, err = _run([*base, "sql", "DELETE FROM events WHERE k = 'a'"], capsys)
     assert code == cli.EXIT_USAGE and "--allow-writes" in err
     assert tables.read(spark, cfg, C.EVENTS).count() == 2
+    # The raw string r'\' once hid this INSERT from a regex guard; the parser sees it.
+    bypass = RAW_STRING_BYPASS.replace("seqlake.events", "sqlguard_test.events")
+    code, err = _run([*base, "sql", bypass], capsys)
+    assert code == cli.EXIT_USAGE and err.strip().splitlines() == [
+        "seqlake sql: error: refused: INSERT (InsertIntoStatement) would change a table; "
+        "`seqlake sql` only reads unless --allow-writes is given"]
+    assert tables.read(spark, cfg, C.EVENTS).count() == 2
+    assert _run([*base, "sql", bypass, "--allow-writes"], capsys)[0] == 0  # it does write when allowed
+    assert tables.read(spark, cfg, C.EVENTS).count() == 4
     assert _run([*base, "sql", "DELETE FROM events WHERE k = 'a'", "--allow-writes"], capsys)[0] == 0
-    assert [r.k for r in tables.read(spark, cfg, C.EVENTS).collect()] == ["b"]
+    assert [r.k for r in tables.read(spark, cfg, C.EVENTS).collect()] == ["b", "b"]
 
 
 @pytest.mark.parametrize("statement", [
     "SELECT * FROM events", "select replace(brand, 'a', 'b') AS b from events",
-    "SELECT 'drop table events; delete from x' AS text", "SELECT `update`, `delete` FROM t",
+    "SELECT 'drop table events; delete from x' AS text", "SELECT `update`, `delete` FROM t", "SELECT 1 AS update",
     "-- DROP TABLE events\nSELECT 1", "/* insert */ SELECT 1", "(SELECT 1) UNION ALL (SELECT 2)",
     "WITH x AS (SELECT 1 AS a) SELECT * FROM x", "FROM events SELECT user_id", "SHOW TABLES",
-    "DESCRIBE HISTORY events", "DESC events", "EXPLAIN SELECT 1", "VALUES (1), (2)", "TABLE events",
+    "DESCRIBE HISTORY events", "DESCRIBE DETAIL events", "DESC events", "SHOW COLUMNS IN events",
+    "EXPLAIN SELECT 1", "EXPLAIN INSERT INTO events SELECT * FROM events", "VALUES (1), (2)", "TABLE events",
+    "SELECT r'\\' AS backslash, 'update' AS word", "SELECT * FROM events WHERE user_id IN (SELECT user_id FROM t)",
 ])
-def test_reading_statements_pass_the_guard(statement):
+def test_reading_statements_pass_the_guard(spark, statement):
     from seqlake.sqlguard import write_problem
 
-    assert write_problem(statement) is None
+    assert write_problem(spark, statement) is None
 
 
-@pytest.mark.parametrize("statement,word", [
-    ("DROP TABLE events", "DROP"), ("  insert into events values (1)", "INSERT"),
-    ("UPDATE events SET price = 0", "UPDATE"), ("MERGE INTO events USING x ON 1=1 WHEN MATCHED THEN DELETE", "MERGE"),
-    ("ALTER TABLE events ADD COLUMN x int", "ALTER"), ("TRUNCATE TABLE events", "TRUNCATE"),
-    ("CREATE TABLE x AS SELECT 1", "CREATE"), ("VACUUM events RETAIN 0 HOURS", "VACUUM"),
-    ("RESTORE TABLE events TO VERSION AS OF 0", "RESTORE"), ("FROM events INSERT INTO t SELECT *", "INSERT"),
-    ("SELECT 1; DROP TABLE events", "DROP"), ("WITH x AS (SELECT 1) INSERT OVERWRITE events SELECT * FROM x", "INSERT"),
-    ("ANALYZE TABLE events COMPUTE STATISTICS", "ANALYZE"), ("CACHE TABLE events", "CACHE"), ("", "empty"),
+@pytest.mark.parametrize("statement,words", [
+    ("DROP TABLE events", "DROP TABLE (DropTable)"), ("  insert into events values (1)", "INSERT (InsertIntoStatement)"),
+    ("UPDATE events SET price = 0", "UPDATE TABLE (UpdateTable)"),
+    ("MERGE INTO events USING x ON 1=1 WHEN MATCHED THEN DELETE", "MERGE INTO TABLE (MergeIntoTable)"),
+    ("ALTER TABLE events ADD COLUMN x int", "ADD COLUMNS (AddColumns)"),
+    ("TRUNCATE TABLE events", "TRUNCATE TABLE (TruncateTable)"),
+    ("CREATE TABLE x AS SELECT 1", "CREATE TABLE AS SELECT (CreateTableAsSelect)"),
+    ("VACUUM events RETAIN 0 HOURS", "VACUUM TABLE (VacuumTableCommand)"),
+    ("RESTORE TABLE events TO VERSION AS OF 0", "RESTORE (RestoreTableStatement)"),
+    ("FROM events INSERT INTO t SELECT *", "INSERT (InsertIntoStatement)"),
+    ("WITH x AS (SELECT 1) INSERT OVERWRITE events SELECT * FROM x", "INSERT (InsertIntoStatement)"),
+    (RAW_STRING_BYPASS, "INSERT (InsertIntoStatement)"),
+    ("WITH x AS (INSERT INTO events SELECT 1) SELECT * FROM x", "does not parse"),
+    ("SELECT 1; DROP TABLE events", "does not parse"), ("", "PARSE_EMPTY_STATEMENT"),
+    ("ANALYZE TABLE events COMPUTE STATISTICS", "ANALYZE TABLE (AnalyzeTable)"),
+    ("CACHE TABLE events", "CACHE TABLE (CacheTable)"), ("SET spark.sql.ansi.enabled = false", "SET (SetCommand)"),
+    ("USE other", "(SetCatalogAndNamespace)"), ("DELETE FROM events", "DELETE FROM TABLE (DeleteFromTable)"),
+    ("SELECT reflect('java.lang.System', 'exit', 0)", "reflect() (UnresolvedFunction) calls Java methods"),
+    ("SELECT * FROM events WHERE 1 = (SELECT java_method('java.lang.System', 'exit', 0))", "java_method()"),
+    ("SELECT count(*) OVER w FROM events WINDOW w AS (PARTITION BY TRY_REFLECT('java.util.UUID', 'randomUUID'))",
+     "TRY_REFLECT()"),
+    ("SELECT TRANSFORM(user_id) USING 'cat' FROM events", "TRANSFORM ... USING (ScriptTransformation) runs"),
+    ("EXECUTE IMMEDIATE 'DROP TABLE events'", "EXECUTE IMMEDIATE (ExecuteImmediateQuery)"),
+    ("SELECT * FROM IDENTIFIER('events')", "(PlanWithUnresolvedIdentifier)"),
+    ("SELECT IDENTIFIER('reflect')('java.lang.System', 'exit', 0)", "(ExpressionWithUnresolvedIdentifier)"),
 ])
-def test_writing_statements_are_refused_naming_the_verb(statement, word):
+def test_writing_statements_are_refused_naming_the_node(spark, statement, words):
     from seqlake.sqlguard import write_problem
 
-    assert word in write_problem(statement)
+    problem = write_problem(spark, statement)
+    assert problem is not None and words in problem, problem

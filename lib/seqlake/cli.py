@@ -291,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a SQL query over the lake's tables",
         description=(
             "Run one SQL statement with the lake's tables registered as <lake.database>.<table> "
-            "(e.g. seqlake.events) and print the result. Read-only: a statement that could change "
-            "a table (INSERT, DELETE, UPDATE, MERGE, DROP, ALTER, CREATE, OPTIMIZE, VACUUM, RESTORE "
-            "...) is refused before Spark starts, unless --allow-writes is given."
+            "(e.g. seqlake.events) and print the result. Read-only: unless --allow-writes is given, "
+            "a statement that Spark parses as anything but a query, SHOW, DESCRIBE or EXPLAIN (INSERT, "
+            "DELETE, UPDATE, MERGE, DROP, ALTER, CREATE, OPTIMIZE, VACUUM, RESTORE, SET, CACHE ...) or "
+            "that calls reflect() is refused before it runs."
         ),
     )
     sql.add_argument("statement", help="the SQL statement, e.g. \"SELECT count(*) FROM seqlake.events\"")
@@ -735,13 +736,12 @@ def print_result(result, fmt: str, max_rows: int) -> None:
 def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
     from seqlake.sqlguard import write_problem
 
-    problem = None if args.allow_writes else write_problem(args.statement)
-    if problem:
-        raise ConfigError(f"refused: {problem}; `seqlake sql` only reads unless --allow-writes is given")
-
     def work(spark) -> int:
         from seqlake import tables
 
+        problem = None if args.allow_writes else write_problem(spark, args.statement)
+        if problem:
+            raise ConfigError(f"refused: {problem}; `seqlake sql` only reads unless --allow-writes is given")
         tables.register(spark, cfg, ALL_TABLES)
         spark.sql(f"USE {cfg.lake.database}")
         result = spark.sql(args.statement)

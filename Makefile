@@ -18,7 +18,9 @@ DEMO_CUTOFFS_TO ?= 2024-01-22
 
 .PHONY: setup demo demo-real test test-fast bench airflow clean
 
-setup: $(VENV)/.installed $(AIRFLOW_VENV)/.installed
+# The two environments install side by side (their downloads and unpacking overlap).
+setup:
+	$(MAKE) -j2 $(VENV)/.installed $(AIRFLOW_VENV)/.installed
 
 # Recreated when the dependency list changes. setuptools < 70: petastorm needs it (STACK.md).
 $(VENV)/.installed: pyproject.toml
@@ -67,11 +69,16 @@ demo-real: setup
 	$(SEQLAKE) ingest --source taobao --input ../shared/data/taobao_sample/UserBehavior.csv --from 2017-11-24 --to 2017-12-03
 	$(SEQLAKE) sessionize --source taobao --from 2017-11-24 --to 2017-12-03
 
+# Two pytest workers (pytest-xdist): much of the suite waits on JVM and spark-submit start-ups,
+# which overlap well on two cores. A module's tests stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -98,3 +98,13 @@ def signal_lake(spark, tmp_path_factory):
     for cutoff in CUTOFFS:
         sequences.build_snapshot(spark, cfg, source="generator", cutoff=cutoff, vocabulary=v)
     return cfg, summary
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``), a module's tests stay on one worker, so its
+    module fixtures (lakes, Airflow homes) are built once; the modules that share the session's
+    ``signal_lake`` stay together for the same reason."""
+    signal_modules = {item.module.__name__ for item in items if "signal_lake" in item.fixturenames}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("signal_lake" if module in signal_modules else module))

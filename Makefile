@@ -90,7 +90,9 @@ bench: setup
 
 # Airflow on this machine: scheduler, API server and UI (http://localhost:8080; the admin
 # password is printed and kept in $(AIRFLOW_HOME)) with the project's DAGs and a local[2] Spark.
+# standalone starts its components as `airflow ...` subprocesses by name: its bin goes on PATH.
 airflow: setup
+	PATH=$(CURDIR)/$(AIRFLOW_BIN):$$PATH \
 	AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/airflow_dags \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[2]"}' \

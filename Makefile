@@ -27,6 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools<70" wheel
 	$(BIN)/pip install -q -e ".[dev]"
+	@echo "== the Delta jars, resolved once into $(VENV) (later runs neither resolve nor report them)"
+	$(BIN)/python -m seqlake.spark
 	touch $@
 
 $(AIRFLOW_VENV)/.installed: airflow_dags/requirements.txt

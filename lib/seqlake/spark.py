@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
+from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
@@ -18,7 +21,8 @@ def build_spark(cfg: Config) -> SparkSession:
     """Build (or return the running) SparkSession for ``cfg``: master, Delta, catalog, extra conf.
 
     Timestamps are UTC everywhere (session time zone), so a day means a UTC day. The Delta JVM
-    package is resolved from Maven Central unless ``spark.jars`` lists local jars.
+    package comes from ``spark.jars`` when set, else from the jars ``make setup`` fetched into
+    this environment (``fetch_jars``), else Spark resolves it from Maven Central.
     """
     # Executors must run this interpreter (the project's venv), also under spark-submit.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -38,9 +42,10 @@ def build_spark(cfg: Config) -> SparkSession:
     )
     for key, value in _DELTA_CONF.items():
         builder = builder.config(key, value)
-    if cfg.spark.jars:
-        builder = builder.config("spark.jars", ",".join(cfg.spark.jars))
-    else:
+    jars = list(cfg.spark.jars) or local_jars(cfg.spark.delta_package)
+    if jars:
+        builder = builder.config("spark.jars", ",".join(jars))
+    else:  # resolved by Spark's Ivy, which reports every resolution on the console
         builder = builder.config("spark.jars.packages", cfg.spark.delta_package)
     if cfg.lake.catalog == "hive":
         builder = builder.enableHiveSupport()
@@ -73,3 +78,40 @@ def spark_submit_conf(cfg: Config) -> list[str]:
         args += ["--conf", f"{key}={value}"]
     args += ["--packages", cfg.spark.delta_package]
     return args
+
+
+def _jars_folder(package: str) -> Path:
+    return Path(sys.prefix) / "share" / "seqlake" / "jars" / package.replace(":", "_")
+
+
+def local_jars(package: str) -> list[str]:
+    """The jars of the Maven ``package`` (its dependencies included) that ``fetch_jars`` put into
+    this environment, or [] when it has not run."""
+    folder = _jars_folder(package)
+    return sorted(str(p) for p in folder.glob("*.jar")) if (folder / "COMPLETE").exists() else []
+
+
+def fetch_jars(package: str) -> list[str]:
+    """Resolve ``package`` once with Spark's own resolver and keep its jars in this environment,
+    so that later sessions neither resolve again nor print Ivy's report. Returns the jars."""
+    if local_jars(package):
+        return local_jars(package)
+    spark = (SparkSession.builder.master("local[1]").appName("seqlake-fetch-jars")
+             .config("spark.jars.packages", package).config("spark.ui.enabled", "false").getOrCreate())
+    try:
+        resolved = [urlparse(url).path for url in spark.sparkContext.getConf().get("spark.jars").split(",") if url]
+    finally:
+        spark.stop()
+    folder = _jars_folder(package)
+    folder.mkdir(parents=True, exist_ok=True)
+    for jar in resolved:
+        shutil.copy2(jar, folder)
+    (folder / "COMPLETE").write_text("\n".join(Path(j).name for j in resolved) + "\n")
+    return local_jars(package)
+
+
+if __name__ == "__main__":  # `python -m seqlake.spark`: what `make setup` runs
+    from seqlake.config import load_config
+
+    for jar in fetch_jars(load_config(None, []).spark.delta_package):
+        print(jar)

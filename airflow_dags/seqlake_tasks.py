@@ -10,7 +10,8 @@ in its own virtual environment, STACK.md) and no Spark. Settings (README "Orches
   SEQLAKE_SOURCE       the source to run (default: the config's `source`)
   SEQLAKE_SPARK_CONN   Airflow connection of spark-submit (default: spark_default); YARN or
                        Kubernetes is a change of this connection and of SEQLAKE_CONF, never of a DAG
-  SEQLAKE_PACKAGES     spark-submit --packages (default: the Delta package of conf/local.yaml)
+  SEQLAKE_PACKAGES     spark-submit --packages (default: the Delta package of conf/local.yaml); its
+                       jars fetched by `make setup` into SEQLAKE_VENV go as --jars instead
   SEQLAKE_DRIVER_MEMORY  spark-submit --driver-memory (default: 2g)
   SEQLAKE_START_DATE   first logical date of the schedules (default: 2024-01-01; catchup is off)
   SEQLAKE_RETRY_MINUTES  first retry delay, doubled per retry (default: 5)
@@ -85,6 +86,14 @@ def dag_options() -> dict:
     }
 
 
+def jvm_dependencies() -> dict[str, str]:
+    """spark-submit's ``jars`` when ``make setup`` fetched the package's jars into the pipeline's
+    environment (no resolution, no Ivy report in every task log), else its ``packages``."""
+    folder = VENV / "share" / "seqlake" / "jars" / PACKAGES.replace(":", "_")
+    jars = sorted(glob.glob(str(folder / "*.jar"))) if (folder / "COMPLETE").exists() else []
+    return {"jars": ",".join(jars)} if jars else {"packages": PACKAGES}
+
+
 def pipeline_env() -> dict[str, str]:
     """spark-submit and its Python from the pipeline's environment (STACK.md: the provider finds
     spark-submit on PATH only)."""
@@ -123,7 +132,7 @@ def job(job_name: str, *args: str, task_id: str | None = None, timeout_minutes: 
         application=str(HOME / "jobs" / f"{job_name}.py"),
         application_args=[*global_args(), *source_args(), *args],
         conn_id=SPARK_CONN,
-        packages=PACKAGES,
+        **jvm_dependencies(),
         driver_memory=DRIVER_MEMORY,
         name=f"seqlake-{task_id or job_name}",
         env_vars=pipeline_env(),

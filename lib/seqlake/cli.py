@@ -242,6 +242,20 @@ def build_parser() -> argparse.ArgumentParser:
     eva.add_argument("--date", required=True, help="the scored day to evaluate, YYYY-MM-DD")
     eva.add_argument("--source", help="source name; default: the config's `source`")
 
+    nig = sub.add_parser(
+        "nightly",
+        help="one night in one Spark application: ingest, sessionize, state, score, profile, evaluate, check",
+        description=(
+            "Run the nightly stages of --date D (or of each day of --from/--to in order) in one Spark "
+            "application: ingest D, sessionize D, state D, score D, profile D, evaluate the scores of "
+            "D - sequences.horizon_days (skipped while there are none), check D. Each stage does exactly "
+            "what its own command does, with the same tables and results, without a JVM start of its own. "
+            "Stops at the first stage that fails, with that stage's exit code (3: the data failed a "
+            "check; rerun from that stage once mended). The Airflow DAG keeps one task per stage."
+        ),
+    )
+    _add_window_args(nig, "run the night of")
+
     chk = sub.add_parser(
         "check",
         help="check that a night's stages ran, balanced and wrote their rows",
@@ -713,6 +727,40 @@ def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+# The stages of one night, in order, as subcommands run on one Spark session.
+NIGHT = ("ingest", "sessionize", "state", "score", "profile", "evaluate", "check")
+
+
+def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import tables
+
+    start, end = _window(args)
+    source = args.source or cfg.source
+    parser = build_parser()
+
+    def work(spark) -> int:
+        for offset in range((end - start).days + 1):
+            day = start + dt.timedelta(days=offset)
+            for name in NIGHT:
+                when = day
+                if name == "evaluate":  # the scores whose horizon this night completes
+                    when = day - dt.timedelta(days=cfg.sequences.horizon_days)
+                    if not tables.has_rows(spark, cfg, C.USER_PROPENSITY,
+                                           f"source = '{source}' AND score_date = '{when}'"):
+                        log.info("[nightly %s] evaluate: no scores of %s to evaluate; skipped", day, when)
+                        continue
+                log.info("[nightly %s] %s --date %s", day, name, when)
+                code = COMMANDS[name](cfg, parser.parse_args([name, "--date", str(when), "--source", source]))
+                if code:
+                    print(f"seqlake nightly: stopped at `{name} --date {when}` (exit {code}); the stages "
+                          f"before it are written", file=sys.stderr)
+                    return code
+        print(f"nightly {source} {start}..{end}: {', '.join(NIGHT)} done")
+        return 0
+
+    return _with_spark(cfg, work)
+
+
 def print_result(result, fmt: str, max_rows: int) -> None:
     """Print a query result: a readable table (first ``max_rows``), or every row as csv / json
     lines, streamed partition by partition (never the whole result on the driver at once)."""
@@ -755,7 +803,7 @@ COMMANDS = {
     "generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "vocab": cmd_vocab,
     "sequences": cmd_sequences, "state": cmd_state, "profile": cmd_profile, "train": cmd_train, "score": cmd_score,
     "evaluate": cmd_evaluate, "promote": cmd_promote, "check": cmd_check, "landed": cmd_landed, "sql": cmd_sql,
-    "housekeeping": cmd_housekeeping,
+    "housekeeping": cmd_housekeeping, "nightly": cmd_nightly,
 }
 
 

@@ -1,5 +1,11 @@
-"""Explicit schemas of every table seqlake writes. Transformations end with a select in this order."""
+"""Explicit schemas of every table seqlake writes. Transformations end with a select in this order.
+
+With ``CONSTRAINTS`` below they are the tables' data contracts: ``tables`` creates each table with
+its schema's NOT NULL columns and its CHECK constraints, so Delta refuses a write that breaks them.
+"""
 import pyspark.sql.types as T
+
+from seqlake import constants as C
 
 EVENTS = T.StructType([
     T.StructField("event_id", T.StringType(), False),
@@ -538,5 +544,130 @@ COMMENTS: dict[str, dict[str, str]] = {
         "null_share": "null_events / events (0 without events)",
         "oov_share": "oov_events / events (0 without events); a catalogue drifting from the vocabulary shows here",
         "recorded_at": "When the metrics were written, UTC",
+    },
+}
+
+
+# --------------------------------------------------------------------------- data contracts (issue 21)
+
+# The schema of each table, by table name.
+TABLES: dict[str, T.StructType] = {
+    C.EVENTS: EVENTS, C.EVENTS_QUARANTINE: EVENTS_QUARANTINE, C.INGEST_RUNS: INGEST_RUNS,
+    C.SESSIONS: SESSIONS, C.SESSION_EVENTS: SESSION_EVENTS, C.SESSIONIZE_RUNS: SESSIONIZE_RUNS,
+    C.VOCAB: VOCAB, C.VOCAB_VERSIONS: VOCAB_VERSIONS, C.USER_SEQUENCES: USER_SEQUENCES,
+    C.USER_STATE: USER_STATE, C.STATE_RUNS: STATE_RUNS, C.RUN_METRICS: RUN_METRICS,
+    C.USER_PROPENSITY: USER_PROPENSITY, C.SCORE_RUNS: SCORE_RUNS,
+    C.PROPENSITY_EVALUATION: PROPENSITY_EVALUATION, C.USER_PROFILE: USER_PROFILE,
+}
+
+
+def one_of(column: str, values) -> str:
+    """SQL: ``column`` is one of ``values`` (strings)."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def _all(condition: str, columns) -> str:
+    """SQL: ``condition`` (a format with ``{}`` for the column) holds for every column."""
+    return " AND ".join(condition.format(c) for c in columns)
+
+
+def _in_0_1(*columns: str) -> str:
+    return _all("{} BETWEEN 0 AND 1", columns)
+
+
+def _not_negative(*columns: str) -> str:
+    return _all("{} >= 0", columns)
+
+
+# CHECK constraints per table: name -> SQL expression over the row (Delta refuses a row for which
+# it is false or null, so a nullable column says `c IS NULL OR ...`). NOT NULL is the schemas'
+# nullability above. Names are lowercase: Delta stores them so (property delta.constraints.<name>).
+# Changing an expression replaces the constraint at the next registration (`tables.apply_contract`).
+_EVENT_CHECKS = {
+    "event_type_known": one_of(C.EVENT_TYPE, C.EVENT_TYPES),
+    "price_not_negative": "price IS NULL OR price >= 0",
+}
+CONSTRAINTS: dict[str, dict[str, str]] = {
+    C.EVENTS: dict(_EVENT_CHECKS),
+    C.EVENTS_QUARANTINE: {"stage_known": one_of("stage", (C.STAGE_INGEST, C.STAGE_SESSIONIZE))},
+    C.INGEST_RUNS: {
+        "counts_not_negative": _not_negative("rows_read", "rows_written", "rows_quarantined",
+                                             "duplicates_dropped", "rows_held_back"),
+        "window_ordered": "window_end >= window_start",
+        "status_known": one_of("status", ("ok", "failed")),
+    },
+    C.SESSION_EVENTS: {**_EVENT_CHECKS, "session_seq_positive": "session_seq >= 1"},
+    C.SESSIONS: {
+        "n_events_positive": "n_events >= 1",
+        "counts_not_negative": _not_negative(*[f"n_{t}" for t in C.EVENT_TYPES], "distinct_items"),
+        "duration_not_negative": "duration_seconds >= 0",
+        "end_not_before_start": "session_end >= session_start",
+        "revenue_not_negative": "revenue >= 0",
+    },
+    C.SESSIONIZE_RUNS: {
+        "counts_not_negative": _not_negative("events_in", "events_sessionized", "events_capped", "sessions_touched"),
+        "dates_ordered": "date_to >= date_from",
+    },
+    C.VOCAB: {
+        "vocab_version_positive": "vocab_version >= 1",
+        # 0 is padding and 1 null: a token's index is an OOV bucket's or above.
+        "index_not_reserved": "`index` >= 2",
+        "count_not_negative": "`count` >= 0",
+    },
+    C.VOCAB_VERSIONS: {
+        "vocab_version_positive": "vocab_version >= 1",
+        "counts_not_negative": _not_negative("tokens", "new_tokens", "cardinality"),
+        "fit_window_ordered": "fit_to >= fit_from",
+    },
+    C.USER_SEQUENCES: {
+        "split_known": one_of("split", ("train", "validation", "test")),
+        "label_binary": "label IS NULL OR label IN (0, 1)",
+        "horizon_positive": "horizon_days >= 1",
+        "counts_not_negative": _not_negative(
+            "length", "recency_days", "frequency", "monetary", "n_events", "n_sessions", "active_days",
+            "carts_7d", "purchases_7d", "carts_30d", "purchases_30d"),
+    },
+    C.USER_STATE: {
+        "n_events_positive": "n_events >= 1",
+        "counts_not_negative": _not_negative("n_purchases", "monetary", "n_sessions", "active_days",
+                                             "session_micros"),
+        "ts_ordered": "last_ts >= first_ts",
+        "vocab_version_positive": "vocab_version >= 1",
+    },
+    C.STATE_RUNS: {
+        "mode_known": one_of("mode", ("bootstrap", "incremental", "rebuild", "noop")),
+        "counts_not_negative": _not_negative("events_in", "users_updated", "users_total"),
+    },
+    C.RUN_METRICS: {
+        "counts_not_negative": _not_negative("events", "null_events", "oov_events"),
+        "shares_in_0_1": _in_0_1("null_share", "oov_share"),
+    },
+    C.USER_PROPENSITY: {
+        "propensity_in_0_1": _in_0_1("propensity"),
+        "rank_positive": "`rank` >= 1",
+        "decile_in_1_10": "decile BETWEEN 1 AND 10",
+        "horizon_positive": "horizon_days >= 1",
+    },
+    C.SCORE_RUNS: {
+        "counts_not_negative": _not_negative("users_scored", "model_loads", "batches"),
+        "propensity_stats_in_0_1": _in_0_1("propensity_mean", "propensity_p10", "propensity_p50", "propensity_p90"),
+        "shares_in_0_1": _in_0_1("max_oov_share", "empty_share"),
+        "psi_not_negative": "psi IS NULL OR psi >= 0",
+    },
+    C.PROPENSITY_EVALUATION: {
+        "decile_in_1_10": "decile BETWEEN 1 AND 10",
+        "counts_not_negative": "users >= 0 AND buyers BETWEEN 0 AND users",
+        "rates_in_0_1": _in_0_1("mean_propensity", "purchase_rate", "base_rate", "brier"),
+        "auc_in_0_1": "(auc_roc IS NULL OR auc_roc BETWEEN 0 AND 1) AND (auc_pr IS NULL OR auc_pr BETWEEN 0 AND 1)",
+        "log_loss_not_negative": "log_loss >= 0",
+    },
+    C.USER_PROFILE: {
+        "counts_not_negative": _not_negative("recency_days", "frequency", "monetary", "n_events", "n_sessions",
+                                             "sessions_7d", "sessions_30d"),
+        "preferred_hour_in_0_23": "preferred_hour BETWEEN 0 AND 23",
+        # profiles.SEGMENTS (not imported: profiles imports this module).
+        "segment_known": one_of("segment", ("new", "active", "at_risk", "lapsed")),
+        "propensity_in_0_1": "propensity IS NULL OR propensity BETWEEN 0 AND 1",
+        "decile_in_1_10": "decile IS NULL OR decile BETWEEN 1 AND 10",
     },
 }

@@ -335,23 +335,31 @@ def _window(args: argparse.Namespace) -> tuple[dt.date, dt.date]:
     raise ConfigError("a date is required: --date YYYY-MM-DD, or --from YYYY-MM-DD --to YYYY-MM-DD")
 
 
+_DEPTH = 0  # commands running in this process, one inside the other (`nightly` runs stages)
+
+
 def _with_spark(cfg: Config, work: Callable) -> int:
     from seqlake import tables
     from seqlake.spark import build_spark
 
     from pyspark.sql import SparkSession
 
+    global _DEPTH
     # A session the caller already runs (tests, notebooks) is reused and left running.
     owned = SparkSession.getActiveSession() is None
     spark = build_spark(cfg)
+    _DEPTH += 1
     try:
         code = work(spark)
+        if _DEPTH > 1:  # a stage of `nightly`: the tables are registered once, at its end
+            return code
         # Column comments are Delta commits: jobs add them only to a persistent catalog's new
         # entries (once per table), not to every process's in-memory catalog; `sql` always does.
         registered = tables.register(spark, cfg, ALL_TABLES, comments=cfg.lake.catalog == "hive")
         log.info("lake: %s  tables: %s", cfg.lake.root, ", ".join(registered))
         return code
     finally:
+        _DEPTH -= 1
         if owned:
             spark.stop()
 
@@ -818,8 +826,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"seqlake {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        from seqlake.tables import delta_conflict
+        from seqlake.tables import ContractViolation, delta_conflict
 
+        if isinstance(exc, ContractViolation):  # the rows, not the run, are wrong: a retry cannot help
+            print(f"seqlake {args.command}: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
         conflict = delta_conflict(exc)
         if conflict is None:
             raise

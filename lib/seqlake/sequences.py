@@ -31,6 +31,7 @@ from seqlake import constants as C
 from seqlake import schemas, state, tables
 from seqlake.config import Config
 from seqlake.progress import stage
+from seqlake.sessionize import missing_step, sessionized_through
 from seqlake.vocab import (ARRAYS, ENCODED, FIRST_OOV, NULL, Vocabulary, metrics_rows, with_encoded_tokens,
                            write_metrics)
 
@@ -168,18 +169,6 @@ def labelled_cutoffs(until: dt.date, horizon_days: int, every_days: int, count: 
     return [last - dt.timedelta(days=every_days * k) for k in reversed(range(count))]
 
 
-def sessionized_through(spark: SparkSession, cfg: Config, source: str) -> dt.date | None:
-    """The last day sessionize has run for (from its audit table; no scan of the events)."""
-    if not tables.exists(spark, cfg, C.SESSIONIZE_RUNS):
-        return None
-    return (
-        tables.read(spark, cfg, C.SESSIONIZE_RUNS)
-        .filter(F.col(C.SOURCE) == source)
-        .agg(F.max("date_to").alias("d"))
-        .first()["d"]
-    )
-
-
 def build_snapshot(
     spark: SparkSession,
     cfg: Config,
@@ -202,8 +191,8 @@ def build_snapshot(
         if held is None or held.state_date != day_before:
             raise state.StateGap(
                 f"a scoring snapshot at {cutoff} needs the state of source {source!r} as of {day_before}, "
-                f"but it holds {held.state_date if held else 'nothing'}; run "
-                f"`seqlake state --source {source} --date {day_before}`"
+                f"but it holds {held.state_date if held else 'nothing'}; "
+                f"{state.missing_step(spark, cfg, source, day_before)}"
             )
         if held.vocab_version != vocabulary.version:
             raise state.StateGap(
@@ -216,10 +205,12 @@ def build_snapshot(
         last_needed = cutoff + dt.timedelta(days=settings.horizon_days - 1)
         through = sessionized_through(spark, cfg, source)
         if through is None or through < last_needed:
+            step = missing_step(spark, cfg, source, last_needed)
             raise LabelHorizonNotCovered(
                 f"the label of a snapshot at {cutoff} needs sessionized events of source {source!r} up to "
                 f"{last_needed} (sequences.horizon_days={settings.horizon_days}), but they reach "
-                f"{through or 'no day'}; pick an earlier cutoff, or --scoring for an unlabelled snapshot"
+                f"{through or 'no day'}; " + (f"{step}, " if step else "")
+                + "or pick an earlier cutoff, or --scoring for an unlabelled snapshot"
             )
         state.require_sessionized(spark, cfg, source, day_before)
         history = state.session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) < F.lit(cutoff))
@@ -238,6 +229,7 @@ def build_snapshot(
         rows = with_labels(rows, future, cutoff=cutoff, horizon_days=settings.horizon_days)
     where = f"source = '{source}' AND snapshot_date = '{cutoff}'"
     with stage(f"sequences: snapshot {cutoff} ({'scoring' if scoring else 'training'})") as info:
+        tables.create_if_absent(rows, cfg, C.USER_SEQUENCES, [C.SOURCE, C.SNAPSHOT_DATE, "split"])
         (
             rows.repartition(settings.files_per_snapshot, *state.KEY)
             .write.format("delta")

@@ -39,7 +39,8 @@ from seqlake import constants as C
 from seqlake import schemas, tables, vocab
 from seqlake.config import Config
 from seqlake.progress import log, stage
-from seqlake.sessionize import never_sessionized
+from seqlake.sessionize import MissingStep, never_ingested, never_sessionized
+from seqlake.sessionize import missing_step as sessionize_step
 
 KEY = [C.SOURCE, C.USER_ID]
 DAILY_DAYS = 30  # active days kept in `daily`: enough for the 30-day features
@@ -304,13 +305,31 @@ def current_state(spark: SparkSession, cfg: Config, source: str) -> StateVersion
     return StateVersion(row[C.STATE_DATE], row[C.VOCAB_VERSION]) if row else None
 
 
+def missing_step(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> MissingStep | None:
+    """The first step missing before the state of ``source`` can hold exactly ``day``, with the
+    command that mends it: ingest or sessionize the first day not folded yet when it lacks them,
+    else fold it (`seqlake state`); a rebuild when the state is already past ``day``. None when
+    the state holds ``day``."""
+    held = current_state(spark, cfg, source)
+    if held is not None and held.state_date == day:
+        return None
+    if held is not None and held.state_date > day:
+        return MissingStep(day, f"the state of source {source!r} already holds events up to {held.state_date}",
+                           f"seqlake state --source {source} --date {day} --rebuild")
+    first = day if held is None else held.state_date + dt.timedelta(days=1)
+    return sessionize_step(spark, cfg, source, first) or MissingStep(
+        first, f"{first} was never folded into the state of source {source!r}",
+        f"seqlake state --source {source} --date {first}",
+    )
+
+
 def require_sessionized(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
-    """Fail when ``day`` has events that were never sessionized."""
-    if never_sessionized(spark, cfg, source, day):
-        raise StateGap(
-            f"events of source {source!r} for {day} were never sessionized; run "
-            f"`seqlake sessionize --source {source} --date {day}` first"
-        )
+    """Fail when ``day`` has events that were never sessionized, or was never ingested at all (a
+    skipped night: folding it would record an empty day, and its events, ingested later, would
+    never reach the state)."""
+    if never_sessionized(spark, cfg, source, day) or never_ingested(spark, cfg, source, day):
+        raise StateGap(f"the sessionized events of source {source!r} for {day} are missing; "
+                       f"{sessionize_step(spark, cfg, source, day)}")
 
 
 def session_events(spark: SparkSession, cfg: Config, source: str) -> DataFrame:
@@ -351,15 +370,16 @@ def update_state(
     length = cfg.sequences.length
     current = current_state(spark, cfg, source)
     path = cfg.table_path(C.USER_STATE)
-    users_updated = events_in = 0
+    events_in = 0
     if rebuild or current is None:
         mode = "rebuild" if rebuild else "bootstrap"
         require_sessionized(spark, cfg, source, day)
         vocabulary = vocab.load(spark, cfg, source, vocab_version)
-        with stage(f"state: {mode} from all history up to {day} (vocab_version {vocabulary.version})") as info:
+        with stage(f"state: {mode} from all history up to {day} (vocab_version {vocabulary.version})"):
             history = session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) <= F.lit(day))
             built = history_state(vocab.with_encoded_tokens(history, vocabulary), length=length,
                                   vocab_version=vocabulary.version)
+            tables.create_if_absent(built, cfg, C.USER_STATE, [C.SOURCE])  # with its data contract
             (
                 built.write.format("delta")
                 .mode("overwrite")
@@ -370,10 +390,6 @@ def update_state(
             # Deletion vectors: a nightly MERGE then writes the changed users' rows only,
             # instead of rewriting every file that holds one of them (all files, in practice).
             spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = 'true')")
-            metrics = DeltaTable.forPath(spark, path).history(2).filter("operation = 'WRITE'").select(
-                "operationMetrics").first()[0]
-            users_updated = int(metrics.get("numOutputRows", 0))
-            info.update(users=users_updated)
     elif day <= current.state_date:
         mode, vocabulary = "noop", None
         log.info("[state] %s already holds %s (state date %s): nothing to do", source, day, current.state_date)
@@ -386,7 +402,7 @@ def update_state(
             )
         require_sessionized(spark, cfg, source, day)
         vocabulary = vocab.load(spark, cfg, source, current.vocab_version)
-        with stage(f"state: fold {day} into the state of {current.state_date}") as info:
+        with stage(f"state: fold {day} into the state of {current.state_date}"):
             day_events = session_events(spark, cfg, source).filter(F.col(C.EVENT_DATE) == F.lit(day))
             # Only the day's users' old rows take part: a broadcast semi-join streams the state
             # once instead of shuffling every user's row into the join.
@@ -408,22 +424,29 @@ def update_state(
                 .whenNotMatchedInsertAll()
                 .execute()
             )
-            metrics = target.history(1).select("operationMetrics").first()[0]
-            users_updated = int(metrics.get("numTargetRowsUpdated", 0)) + int(metrics.get("numTargetRowsInserted", 0))
-            info.update(users_updated=users_updated)
     else:
-        missing = current.state_date + dt.timedelta(days=1)
         raise StateGap(
-            f"the state of source {source!r} holds events up to {current.state_date}; run "
-            f"`seqlake state --source {source} --date {missing}` (and the days after it) first, "
-            f"or `--rebuild`"
+            f"the state of source {source!r} holds events up to {current.state_date}, so {day} cannot be "
+            f"folded in yet; {missing_step(spark, cfg, source, day)} (then the days after it in order; "
+            f"or recompute with --rebuild)"
         )
     if vocabulary is not None:
         events_in = session_events(spark, cfg, source).filter(
             F.col(C.EVENT_DATE) <= F.lit(day) if mode != "incremental" else F.col(C.EVENT_DATE) == F.lit(day)
         ).count()
         record_encoding_drift(spark, cfg, run_id=run_id, source=source, day=day, vocabulary=vocabulary)
-    users_total = tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source).count()
+    # Counted from the table, not taken from this run's commit: the record describes the data
+    # whatever point a kill hit. A rerun after a run killed between its MERGE and this record
+    # changes nothing (the MERGE's guard), yet the day's users are folded; and the table's latest
+    # commit need not be this run's (housekeeping, another source). After a fold of `day`, its
+    # users are exactly those whose last event is on `day`; a bootstrap or rebuild wrote them all.
+    counts = tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source).agg(
+        F.count(F.lit(1)).alias("total"),
+        F.count(F.when(F.col("last_event_date") == F.lit(day), True)).alias("folded"),
+    ).first()
+    users_total = counts["total"]
+    users_updated = {"noop": 0, "incremental": counts["folded"]}.get(mode, users_total)
+    log.info("[state] %s %s: %s users updated, %s in the state", source, mode, users_updated, users_total)
     state_date = day if mode != "noop" else current.state_date
     version = vocabulary.version if vocabulary is not None else current.vocab_version
     result = StateResult(run_id, source, state_date, mode, version, events_in, users_updated, users_total)

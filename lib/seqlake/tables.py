@@ -10,6 +10,7 @@ MERGE that breaks them, whoever writes. ``register`` adds what a table created b
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Sequence
 
@@ -216,13 +217,15 @@ def apply_contract(spark: SparkSession, cfg: Config, table: str) -> list[str]:
     added = []
     for name, expression in wanted.items():
         held = properties.get(f"delta.constraints.{name}")
-        if held == expression:
+        if held is not None and _same_sql(held, expression):
             continue
         try:
             if held is not None:
                 spark.sql(f"ALTER TABLE {target} DROP CONSTRAINT {name}")
             spark.sql(f"ALTER TABLE {target} ADD CONSTRAINT {name} CHECK ({expression})")
         except Exception as exc:  # noqa: BLE001 - re-raised below unless a Delta conflict
+            if "DELTA_CONSTRAINT_ALREADY_EXISTS" in str(exc):
+                continue  # a command running beside this one added it first
             conflict = delta_conflict(exc)
             if conflict is not None:
                 log.warning("data contract of %s: constraint %s left for a later registration: %s", table, name,
@@ -238,6 +241,12 @@ def apply_contract(spark: SparkSession, cfg: Config, table: str) -> list[str]:
     if added:
         log.info("data contract of %s: added %s", table, ", ".join(added))
     return added
+
+
+def _same_sql(held: str, wanted: str) -> bool:
+    """Delta stores a constraint's expression re-spaced (``IN ( 'a' , 'b' )``): compare without
+    whitespace, else every registration would drop and re-add it (two commits, a full scan)."""
+    return re.sub(r"\s+", "", held).lower() == re.sub(r"\s+", "", wanted).lower()
 
 
 # Delta's error classes for a written row that breaks a CHECK constraint or a NOT NULL column.

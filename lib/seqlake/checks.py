@@ -13,6 +13,9 @@ and exits 3 if any failed, which fails the nightly DAG run. The rules:
 - score: ``user_propensity`` holds D's rows, as many as D's latest scoring run reported.
 - profile: ``user_profile`` holds D's rows, one per user of the state.
 
+A check that fails because a step never ran ends with the first missing step of the night and
+the command that mends it (``state.missing_step``), the same advice the stages give.
+
 ``landed(cfg, source, day)`` tells whether the day's raw files have arrived (the sensor at
 the start of the nightly DAG); it needs no Spark.
 """
@@ -26,7 +29,7 @@ import pyspark.sql.functions as F
 from pyspark.sql import SparkSession
 
 from seqlake import constants as C
-from seqlake import tables
+from seqlake import sessionize, state, tables
 from seqlake.config import Config
 
 
@@ -60,7 +63,8 @@ def _count(spark: SparkSession, cfg: Config, table: str, source: str, date_colum
 def check_ingest(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> Check:
     run = _latest_run(spark, cfg, C.INGEST_RUNS, source, "window_start", "window_end", day)
     if run is None:
-        return Check("ingest", False, f"no ingest run of {source} covers {day}")
+        return Check("ingest", False, f"no ingest run of {source} covers {day}; "
+                     f"run `seqlake ingest --source {source} --date {day}` first")
     accounted = run["rows_written"] + run["rows_quarantined"] + run["duplicates_dropped"] + run["rows_held_back"]
     share = run["rows_quarantined"] / run["rows_read"] if run["rows_read"] else 0.0
     problems = []
@@ -85,7 +89,9 @@ def check_ingest(spark: SparkSession, cfg: Config, source: str, day: dt.date) ->
 def check_sessionize(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> Check:
     run = _latest_run(spark, cfg, C.SESSIONIZE_RUNS, source, "date_from", "date_to", day)
     if run is None:
-        return Check("sessionize", False, f"no sessionize run of {source} covers {day}")
+        step = sessionize.missing_step(spark, cfg, source, day)
+        return Check("sessionize", False, f"no sessionize run of {source} covers {day}; " + (
+            str(step) if step else f"run `seqlake sessionize --source {source} --date {day}` first"))
     problems = []
     if run["events_in"] != run["events_sessionized"] + run["events_capped"]:
         problems.append(f"events in {run['events_in']:,} != sessionized {run['events_sessionized']:,} + "
@@ -102,11 +108,12 @@ def check_sessionize(spark: SparkSession, cfg: Config, source: str, day: dt.date
 
 
 def check_state(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> Check:
-    if not tables.exists(spark, cfg, C.STATE_RUNS):
-        return Check("state", False, f"no state of {source}")
     held = (tables.read(spark, cfg, C.STATE_RUNS).filter(F.col(C.SOURCE) == source)
-            .agg(F.max(C.STATE_DATE).alias("d")).first()["d"])
-    return Check("state", held == day, f"user_state holds events up to {held}")
+            .agg(F.max(C.STATE_DATE).alias("d")).first()["d"]) if tables.exists(spark, cfg, C.STATE_RUNS) else None
+    detail = f"user_state holds events up to {held}" if held else f"no state of {source}"
+    if held == day:
+        return Check("state", True, detail)
+    return Check("state", False, f"{detail}; {_advice(spark, cfg, source, day, 'state')}")
 
 
 def check_score(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> Check:
@@ -114,7 +121,7 @@ def check_score(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> 
     run = _latest_run(spark, cfg, C.SCORE_RUNS, source, C.SCORE_DATE, C.SCORE_DATE, day)
     if run is None or rows == 0:
         return Check("score", False, f"user_propensity holds {rows:,} rows of {day}; scoring runs: "
-                     f"{'none' if run is None else run['run_id']}")
+                     f"{'none' if run is None else run['run_id']}; {_advice(spark, cfg, source, day, 'score')}")
     ok = rows == run["users_scored"]
     return Check("score", ok, f"{rows:,} users scored with model version {run['model_version']}"
                  + ("" if ok else f", but the latest run reported {run['users_scored']:,}"))
@@ -125,7 +132,15 @@ def check_profile(spark: SparkSession, cfg: Config, source: str, day: dt.date) -
     users = (tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source).count()
              if tables.exists(spark, cfg, C.USER_STATE) else 0)
     ok = rows > 0 and rows == users
-    return Check("profile", ok, f"user_profile holds {rows:,} rows of {day} for {users:,} users in the state")
+    detail = f"user_profile holds {rows:,} rows of {day} for {users:,} users in the state"
+    return Check("profile", ok, detail if ok or rows else f"{detail}; {_advice(spark, cfg, source, day, 'profile')}")
+
+
+def _advice(spark: SparkSession, cfg: Config, source: str, day: dt.date, command: str) -> str:
+    """The first missing step before ``command`` can run for ``day`` (the state must hold it),
+    or ``command`` itself."""
+    step = state.missing_step(spark, cfg, source, day)
+    return str(step) if step else f"run `seqlake {command} --source {source} --date {day}` first"
 
 
 CHECKS = {

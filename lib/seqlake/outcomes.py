@@ -19,7 +19,7 @@ import pyspark.sql.functions as F
 from pyspark.sql import DataFrame, SparkSession
 
 from seqlake import constants as C
-from seqlake import schemas, sequences, state, tables, tracking
+from seqlake import schemas, sessionize, state, tables, tracking
 from seqlake.config import Config
 from seqlake.progress import stage
 
@@ -70,7 +70,7 @@ def evaluate(spark: SparkSession, cfg: Config, *, source: str, day: dt.date) -> 
     meta = scores.select("horizon_days", "model_version").first()
     horizon, model_version = meta["horizon_days"], meta["model_version"]
     last_needed = day + dt.timedelta(days=horizon)
-    through = sequences.sessionized_through(spark, cfg, source)
+    through = sessionize.sessionized_through(spark, cfg, source)
     if through is None or through < last_needed:
         raise NothingToEvaluate(
             f"the outcomes of {day}'s scores need sessionized events up to {last_needed} (horizon {horizon} days), "

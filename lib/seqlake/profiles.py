@@ -161,12 +161,11 @@ def build_profiles(spark: SparkSession, cfg: Config, *, source: str, day: dt.dat
     """
     held = state.current_state(spark, cfg, source)
     if held is None or held.state_date != day:
-        # Behind: fold the missing days in. Ahead: only a rebuild takes the state back to D.
-        command = f"seqlake state --source {source} --date {day}"
-        advice = f"`{command} --rebuild`" if held is not None and held.state_date > day else f"`{command}`"
+        # Behind: the first missing step of the days up to D. Ahead: only a rebuild takes the
+        # state back to D.
         raise state.StateGap(
             f"profiles of {day} need the state of source {source!r} as of {day}, but it holds "
-            f"{held.state_date if held else 'nothing'}; run {advice}"
+            f"{held.state_date if held else 'nothing'}; {state.missing_step(spark, cfg, source, day)}"
         )
     user_state = tables.read(spark, cfg, C.USER_STATE).filter(F.col(C.SOURCE) == source)
     propensity = tables.read(spark, cfg, C.USER_PROPENSITY, schemas.USER_PROPENSITY).filter(

@@ -140,7 +140,7 @@ def _check_inputs(spark: SparkSession, cfg: Config, champ: Champion, day: dt.dat
     if held is None or held.state_date != day:
         raise ScoringRefused(
             f"scoring {day} needs the user state of source {champ.source!r} as of {day}, but it holds "
-            f"{held.state_date if held else 'nothing'}; run `seqlake state --source {champ.source} --date {day}`"
+            f"{held.state_date if held else 'nothing'}; {state.missing_step(spark, cfg, champ.source, day)}"
         )
     if held.vocab_version != champ.vocab_version:
         raise ScoringRefused(

@@ -293,19 +293,57 @@ def never_ingested(spark: SparkSession, cfg: Config, source: str, day: dt.date) 
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class MissingStep:
+    """The first step a day still lacks: the day, what happened to it, and the one command that
+    mends it (it succeeds when run next). ``str()`` is the advice every refusal ends with."""
+
+    day: dt.date
+    reason: str
+    command: str
+
+    def __str__(self) -> str:
+        return f"run `{self.command}` first: {self.reason}"
+
+
+def sessionized_through(spark: SparkSession, cfg: Config, source: str) -> dt.date | None:
+    """The last day sessionize has run for (from its audit table; no scan of the events)."""
+    if not tables.exists(spark, cfg, C.SESSIONIZE_RUNS):
+        return None
+    return (tables.read(spark, cfg, C.SESSIONIZE_RUNS).filter(F.col(C.SOURCE) == source)
+            .agg(F.max("date_to").alias("d")).first()["d"])
+
+
+def missing_step(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> MissingStep | None:
+    """The first day up to ``day`` that sessionize still lacks, and its command: `seqlake ingest`
+    for a day never ingested, `seqlake sessionize` for one whose events were never sessionized.
+    None when every such day is done.
+
+    Days are looked at from the day after the last sessionize run (or from ``day`` itself, when
+    that run is later): one or two cheap lookups per day of the gap.
+    """
+    through = sessionized_through(spark, cfg, source)
+    current = day if through is None or through >= day else through + dt.timedelta(days=1)
+    while current <= day:
+        if never_ingested(spark, cfg, source, current):
+            return MissingStep(current, f"source {source!r} was never ingested for {current}",
+                               f"seqlake ingest --source {source} --date {current}")
+        if never_sessionized(spark, cfg, source, current):
+            return MissingStep(current, f"the events of source {source!r} for {current} were never sessionized",
+                               f"seqlake sessionize --source {source} --date {current}")
+        current += dt.timedelta(days=1)
+    return None
+
+
 def check_previous_day(spark: SparkSession, cfg: Config, source: str, day: dt.date) -> None:
     """Fail when ``day`` (the day before a run) has events that were never sessionized, or was
     never ingested at all: either way a skipped night, and sessions crossing its midnights would
-    be cut wrongly."""
-    if never_sessionized(spark, cfg, source, day):
+    be cut wrongly. The message names the first day missing and the command that mends it."""
+    if never_sessionized(spark, cfg, source, day) or never_ingested(spark, cfg, source, day):
+        step = missing_step(spark, cfg, source, day)
         raise MissingPreviousDay(
-            f"events of source {source!r} for {day} were never sessionized; run "
-            f"`seqlake sessionize --source {source} --date {day}` first, or sessionize a range with --from/--to"
-        )
-    if never_ingested(spark, cfg, source, day):
-        raise MissingPreviousDay(
-            f"source {source!r} was never ingested for {day}, the day before this run, while earlier "
-            f"days were; run `seqlake ingest --source {source} --date {day}` and then sessionize from {day}"
+            f"sessions of {day + dt.timedelta(days=1)} continue those of {day}, which source {source!r} "
+            f"lacks; {step}"
         )
 
 

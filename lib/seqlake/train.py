@@ -8,12 +8,14 @@ model and applies the promotion gate.
 3. The model and every baseline (``baselines``) are scored on the same test rows; metrics and
    plots (``evaluation``) go to the run.
 4. The model is logged with a signature and pinned pip requirements and registered as
-   ``mlflow.registered_model``.
+   ``mlflow.registered_model``, its provenance tags in the same registry transaction.
 5. Promotion gate: the alias ``champion`` moves to the new version only if its test metric
    (``mlflow.promotion_metric``) beats the current champion's, scored now on the same test
-   rows, by more than ``mlflow.promotion_margin``. The decision and its reason are run tags.
-   With ``promote_now=False`` (``train --no-promote``, the weekly DAG) the version is left
-   ``pending`` and ``judge`` (``seqlake promote``) applies the same gate as a step of its own.
+   rows, by more than ``mlflow.promotion_margin``. The decision and its reason are tags of the
+   version and of the run, written in an order that a rerun can finish after a kill at any
+   point (``_record_decision``). With ``promote_now=False`` (``train --no-promote``, the weekly
+   DAG) the version is left ``pending`` and ``judge`` (``seqlake promote``) applies the same
+   gate as a step of its own.
 """
 from __future__ import annotations
 
@@ -59,18 +61,16 @@ def _epoch_logger(run_id: str):
     return log_epoch
 
 
-def promote(cfg: Config, data: dataset.TrainingData, version: str, candidate: dict[str, float]) -> tuple[bool, str, float | None]:
-    """Apply the gate; (promoted, reason, champion's metric on this test split)."""
+def decide(cfg: Config, data: dataset.TrainingData, version: str,
+           candidate: dict[str, float]) -> tuple[bool, str, float | None]:
+    """The gate's decision, not yet acted on: (promote, reason, champion's metric on this test split)."""
     import mlflow.tensorflow
-    from mlflow import MlflowClient
 
     from seqlake.model import embedding_sizes
 
-    client = MlflowClient()
     name, metric, margin = cfg.mlflow.registered_model, cfg.mlflow.promotion_metric, cfg.mlflow.promotion_margin
     current = tracking.champion_version(cfg)
     if current is None:
-        client.set_registered_model_alias(name, tracking.CHAMPION, version)
         return True, f"no champion yet: version {version} becomes champion", None
     champion = mlflow.tensorflow.load_model(f"models:/{name}/{current.version}")
     # Scored now, on the same test rows; indices a champion of an older vocab version does not
@@ -80,7 +80,6 @@ def promote(cfg: Config, data: dataset.TrainingData, version: str, candidate: di
     ours = candidate[metric]
     where = f"test split of {data.source} at {data.eval_cutoff} ({data.test.rows:,} users)"
     if ours > theirs + margin:
-        client.set_registered_model_alias(name, tracking.CHAMPION, version)
         return True, (f"version {version} {metric} {ours:.4f} beats champion version {current.version}'s "
                       f"{theirs:.4f} by more than {margin} on the {where}"), theirs
     return False, (f"version {version} {metric} {ours:.4f} does not beat champion version {current.version}'s "
@@ -100,16 +99,30 @@ class Judgement:
 
 def _record_decision(cfg: Config, run_id: str, version: str, promoted: bool, reason: str,
                      theirs: float | None) -> None:
+    """Record the decision and act on it, in an order that a kill at any point leaves to be
+    finished by a rerun: the reason (on the version and its run), then the alias, and last the
+    decision; the version's `promotion` tag is what marks it judged. A version still pending
+    that holds the alias was promoted by a run killed before that tag (see ``judge``)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    decision = "promoted" if promoted else "rejected"
-    client.set_model_version_tag(cfg.mlflow.registered_model, version, "promotion", decision)
-    client.set_model_version_tag(cfg.mlflow.registered_model, version, "promotion.reason", reason)
-    client.set_tag(run_id, "promotion.decision", decision)
+    name, decision = cfg.mlflow.registered_model, "promoted" if promoted else "rejected"
+    client.set_model_version_tag(name, version, "promotion.reason", reason)
     client.set_tag(run_id, "promotion.reason", reason)
     if theirs is not None:
         client.log_metric(run_id, f"champion_test_{cfg.mlflow.promotion_metric}", theirs)
+    if promoted:
+        client.set_registered_model_alias(name, tracking.CHAMPION, version)
+    client.set_tag(run_id, "promotion.decision", decision)
+    client.set_model_version_tag(name, version, "promotion", decision)
+
+
+def gate(cfg: Config, data: dataset.TrainingData, run_id: str, version: str,
+         candidate: dict[str, float]) -> tuple[bool, str]:
+    """Apply the promotion gate to ``version`` (trained in ``run_id``): (promoted, reason)."""
+    promoted, reason, theirs = decide(cfg, data, version, candidate)
+    _record_decision(cfg, run_id, version, promoted, reason, theirs)
+    return promoted, reason
 
 
 def judge(spark: SparkSession, cfg: Config, *, source: str, version: str | None = None) -> Judgement:
@@ -134,12 +147,18 @@ def judge(spark: SparkSession, cfg: Config, *, source: str, version: str | None 
     recorded = candidate.tags.get("promotion")
     if recorded not in (None, PENDING):
         return Judgement(version, recorded == "promoted", candidate.tags.get("promotion.reason", ""), True)
+    if tracking.CHAMPION in (candidate.aliases or []):
+        # A run killed after moving the alias, before recording the decision: finish its record
+        # (judged again, the version would be compared with itself and "rejected").
+        reason = candidate.tags.get("promotion.reason") or f"version {version} holds the alias already"
+        _record_decision(cfg, candidate.run_id, version, True, reason, None)
+        return Judgement(version, True, reason, True)
     with stage(f"promote: judge version {version} against the champion") as info:
         data = dataset.select(spark, cfg, source)
         model = mlflow.tensorflow.load_model(f"models:/{name}/{version}")
         y, p = training.predict(model, data.test, cfg, sizes=embedding_sizes(model))
         ours = evaluation.metrics(y, p)
-        promoted, reason, theirs = promote(cfg, data, version, ours)
+        promoted, reason, theirs = decide(cfg, data, version, ours)
         info.update(test_rows=len(y), decision="promoted" if promoted else "rejected")
     _record_decision(cfg, candidate.run_id, version, promoted, reason, theirs)
     log.info("[promote] %s", reason)
@@ -206,24 +225,20 @@ def train(spark: SparkSession, cfg: Config, *, source: str, workers: int | None 
             signature = infer_signature(example, np.asarray(model(example, training=False)))
             info = mlflow.tensorflow.log_model(
                 model, name="model", signature=signature, pip_requirements=tracking.pip_requirements(),
-                registered_model_name=cfg.mlflow.registered_model,
             )
-            version = str(info.registered_model_version)
-            from mlflow import MlflowClient
-
-            client = MlflowClient()
-            for key, value in (("source", source), ("vocab_version", str(data.vocab_version)),
-                               ("model_type", cfg.model.type), ("eval_cutoff", str(data.eval_cutoff)),
-                               ("horizon_days", str(cfg.sequences.horizon_days))):
-                client.set_model_version_tag(cfg.mlflow.registered_model, version, key, value)
+            # The version and its provenance in one registry transaction: a run killed after it
+            # never leaves a version that scoring or the gate could not use.
+            provenance = {"source": source, "vocab_version": str(data.vocab_version), "model_type": cfg.model.type,
+                          "eval_cutoff": str(data.eval_cutoff), "horizon_days": str(cfg.sequences.horizon_days)}
+            if not promote_now:
+                provenance["promotion"] = PENDING
+            version = str(mlflow.register_model(info.model_uri, cfg.mlflow.registered_model, tags=provenance).version)
 
         mlflow.set_tag("model_version", version)
         if promote_now:
-            promoted, reason, theirs = promote(cfg, data, version, results["model"])
-            _record_decision(cfg, run_id, version, promoted, reason, theirs)
+            promoted, reason = gate(cfg, data, run_id, version, results["model"])
         else:
             promoted, reason = False, f"version {version} is pending: `seqlake promote` applies the gate"
-            client.set_model_version_tag(cfg.mlflow.registered_model, version, "promotion", PENDING)
             mlflow.set_tag("promotion.decision", PENDING)
         log.info("[train] %s", reason)
     return TrainResult(run_id, experiment_id, version, promoted, reason, results, fitted.best_epoch,

@@ -226,8 +226,11 @@ def test_a_corrupt_landing_day_fails_the_run_before_anything_downstream_writes(s
     found = {c.name: c for c in checks.night(spark, cfg, source="generator", day=CORRUPT)}
     assert not any(c.ok for c in found.values())
     assert "quarantined share" in found["ingest"].detail and "failed" in found["ingest"].detail
-    assert found["sessionize"].detail == f"no sessionize run of generator covers {CORRUPT}"
-    assert found["state"].detail == f"user_state holds events up to {NIGHTS[-1]}"
+    # Each names the first step the corrupt day lacks: its ingest (which failed).
+    mend = (f"run `seqlake ingest --source generator --date {CORRUPT}` first: source 'generator' was never "
+            f"ingested for {CORRUPT}")
+    assert found["sessionize"].detail == f"no sessionize run of generator covers {CORRUPT}; {mend}"
+    assert found["state"].detail == f"user_state holds events up to {NIGHTS[-1]}; {mend}"
 
 
 def test_no_job_file_shadows_a_module_its_imports_need():

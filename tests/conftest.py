@@ -100,6 +100,7 @@ def signal_lake(spark, tmp_path_factory):
     return cfg, summary
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (``--dist loadgroup``), a module's tests stay on one worker, so its
     module fixtures (lakes, Airflow homes) are built once; the modules that share the session's

@@ -481,8 +481,16 @@ def test_nightly_in_one_application_writes_what_the_separate_commands_write(spar
     assert separate.run("evaluate", "--date", str(BASE_LAST)) == 0
     assert nightly.run("nightly", "--from", str(DAY), "--to", str(NEXT_DAY)) == 0
     assert nightly.tables() == separate.tables() and C.PROPENSITY_EVALUATION in nightly.tables()
+
+    def rounded(rows: collections.Counter) -> collections.Counter:
+        # Realised AUCs differ in the last bit between two runs (the evaluator's summation order).
+        def fix(value):
+            return round(value, 9) if isinstance(value, float) else value
+        return collections.Counter({json.dumps({k: fix(v) for k, v in json.loads(row).items()}, sort_keys=True): n
+                                    for row, n in rows.items()})
+
     for t in separate.tables():
-        assert canonical_rows(spark, nightly, t) == canonical_rows(spark, separate, t), t
+        assert rounded(canonical_rows(spark, nightly, t)) == rounded(canonical_rows(spark, separate, t)), t
 
 
 def _raw_user_ids(landing: Path) -> set[bytes]:

@@ -113,26 +113,31 @@ def _settings(root: Path) -> list[str]:
     return [*TEST_SETTINGS, f"lake.root={root / 'lake'}", f"lake.landing_root={root / 'landing'}", *SMALL]
 
 
-@pytest.fixture(scope="module")
-def history(spark, tmp_path_factory):
-    """A generated lake with days 1..12 ingested and sessionized, a vocabulary and a champion
-    (trained here); days 13..16 wait in the landing folder for the DAG."""
+def build_history(spark, cfg, history_end: dt.date) -> None:
+    """Generate the lake's days, ingest and sessionize START..history_end, fit a vocabulary on the
+    first week and train a champion on its snapshot; the later days wait in the landing folder."""
     from seqlake import sequences, train, vocab
     from seqlake.generate import generate
     from seqlake.ingest import ingest
     from seqlake.sessionize import sessionize
     from seqlake.sources import load_source
 
-    root = tmp_path_factory.mktemp("airflow_history")
-    cfg = make_config(root, *SMALL)
     generate(cfg.generator, cfg.lake.landing_root)
     spec = load_source(str(REPO / "conf" / "sources"), "generator")
-    ingest(spark, cfg, spec, window_start=START, window_end=HISTORY_END)
-    sessionize(spark, cfg, source="generator", date_from=START, date_to=HISTORY_END)
+    ingest(spark, cfg, spec, window_start=START, window_end=history_end)
+    sessionize(spark, cfg, source="generator", date_from=START, date_to=history_end)
     vocab.fit(spark, cfg, source="generator", fit_from=START, fit_to=dt.date(2024, 1, 6))
     sequences.build_snapshot(spark, cfg, source="generator", cutoff=dt.date(2024, 1, 6),
                              vocabulary=vocab.load(spark, cfg, "generator"))
     assert train.train(spark, cfg, source="generator").promoted
+
+
+@pytest.fixture(scope="module")
+def history(spark, tmp_path_factory):
+    """A generated lake with days 1..12 ingested and sessionized, a vocabulary and a champion
+    (trained here); days 13..16 wait in the landing folder for the DAG."""
+    root = tmp_path_factory.mktemp("airflow_history")
+    build_history(spark, make_config(root, *SMALL), HISTORY_END)
     return root
 
 

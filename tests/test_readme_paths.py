@@ -33,12 +33,11 @@ from seqlake import constants as C
 from seqlake import tables
 
 from conftest import REPO, TEST_SETTINGS, make_config
-from test_airflow import AIRFLOW_VENV, SMALL
+from test_airflow import AIRFLOW_VENV, SMALL, build_history
 
 # The demo's 28 days, 600 users; days before NIGHT ingested and sessionized in-process, NIGHT is
 # the one Airflow runs (the demo's last day, which the README's examples name). Some dirty
 # records, so that the README's quarantine query has rows to show.
-START = dt.date(2024, 1, 1)
 NIGHT = dt.date(2024, 1, 28)
 LAKE = (*SMALL, "generator.days=28", "generator.dirty_rate=0.01")
 API = "http://localhost:8080"  # make airflow's port, as the README says
@@ -306,24 +305,10 @@ def checkout(spark, tmp_path_factory):
     """(stand-in checkout, config): a lake as `make demo` lays it out (tables and landing files
     under ``lake/``), days before NIGHT ingested and sessionized, a vocabulary, a labelled
     snapshot and a champion; NIGHT waits in the landing folder."""
-    from seqlake import sequences, train, vocab
-    from seqlake.generate import generate
-    from seqlake.ingest import ingest
-    from seqlake.sessionize import sessionize
-    from seqlake.sources import load_source
-
     started = time.monotonic()
     root = _checkout(tmp_path_factory.mktemp("readme") / "checkout")
     cfg = make_config(root, *LAKE, f"lake.landing_root={root / 'lake'}")
-    generate(cfg.generator, cfg.lake.landing_root)
-    spec = load_source(str(REPO / "conf" / "sources"), "generator")
-    history_end = NIGHT - dt.timedelta(days=1)
-    ingest(spark, cfg, spec, window_start=START, window_end=history_end)
-    sessionize(spark, cfg, source="generator", date_from=START, date_to=history_end)
-    vocab.fit(spark, cfg, source="generator", fit_from=START, fit_to=dt.date(2024, 1, 6))
-    sequences.build_snapshot(spark, cfg, source="generator", cutoff=dt.date(2024, 1, 6),
-                             vocabulary=vocab.load(spark, cfg, "generator"))
-    assert train.train(spark, cfg, source="generator").promoted
+    build_history(spark, cfg, NIGHT - dt.timedelta(days=1))
     print(f"lake: {time.monotonic() - started:.0f}s")
     return root, cfg
 

@@ -16,7 +16,7 @@ DEMO_DAY_BEFORE ?= 2024-01-27
 DEMO_CUTOFFS_FROM ?= 2024-01-08
 DEMO_CUTOFFS_TO ?= 2024-01-22
 
-.PHONY: setup demo demo-real test test-fast bench airflow clean
+.PHONY: setup demo demo-real test test-fast bench airflow clean cluster-up cluster-down cluster-status
 
 # The two environments install side by side (their downloads and unpacking overlap).
 setup:
@@ -26,9 +26,9 @@ setup:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools<70" wheel
-	$(BIN)/pip install -q -e ".[dev]"
-	@echo "== the Delta jars, resolved once into $(VENV) (later runs neither resolve nor report them)"
-	$(BIN)/python -m seqlake.spark
+	$(BIN)/pip install -q -e ".[dev,cluster]"
+	@echo "== the Delta jars, and the local cluster's S3A and JDBC jars, resolved once into $(VENV) (later runs neither resolve nor report them)"
+	$(BIN)/python -m seqlake.spark conf/local.yaml conf/cluster.local.yaml
 	touch $@
 
 $(AIRFLOW_VENV)/.installed: airflow_dags/requirements.txt
@@ -99,6 +99,19 @@ airflow: setup
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	AIRFLOW_CONN_SPARK_DEFAULT='{"conn_type": "spark", "host": "local[2]"}' \
 	$(AIRFLOW_BIN)/airflow standalone
+
+# A real cluster on this machine, loopback only (lib/seqlake/localcluster.py): Spark standalone
+# (master, 2 workers, history server), SeaweedFS S3, PostgreSQL (Hive metastore, MLflow) and the
+# MLflow server; state, logs and dev keys under .cluster/. Use it with conf/cluster.local.yaml
+# after `eval "$$($(BIN)/python -m seqlake.localcluster env)"` (the S3 keys, in the environment only).
+cluster-up: setup
+	$(BIN)/python -m seqlake.localcluster up
+
+cluster-down:
+	$(BIN)/python -m seqlake.localcluster down
+
+cluster-status:
+	$(BIN)/python -m seqlake.localcluster status
 
 clean:
 	rm -rf lake spark-warehouse metastore_db derby.log .airflow

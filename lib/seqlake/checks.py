@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import re
 
 import pyspark.sql.functions as F
 from pyspark.sql import SparkSession
@@ -161,13 +160,12 @@ def night(spark: SparkSession, cfg: Config, *, source: str, day: dt.date,
 # --------------------------------------------------------------------------- landing
 
 
-def _filesystem(uri: str):
-    """(pyarrow FileSystem, path) for a local path or a URI (s3a:// is read as s3://)."""
-    from pyarrow import fs
+def _filesystem(uri: str, cfg: Config | None = None):
+    """(pyarrow FileSystem, path) for a local path or a URI (s3a:// is read as s3://, with the
+    endpoint of the configuration's fs.s3a.* settings)."""
+    from seqlake import storage
 
-    if not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):
-        return fs.LocalFileSystem(), uri
-    return fs.FileSystem.from_uri(re.sub(r"^s3a://", "s3://", uri))
+    return storage.arrow_filesystem(uri, storage.hadoop_conf(cfg) if cfg is not None else None)
 
 
 def landed(cfg: Config, source: str, day: dt.date) -> tuple[bool, str]:
@@ -176,7 +174,7 @@ def landed(cfg: Config, source: str, day: dt.date) -> tuple[bool, str]:
     from pyarrow import fs
 
     folder = cfg.landing_path(source, day)
-    filesystem, path = _filesystem(folder)
+    filesystem, path = _filesystem(folder, cfg)
     info = filesystem.get_file_info(path)
     if info.type != fs.FileType.Directory:
         return False, f"{folder} does not exist yet"

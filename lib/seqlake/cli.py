@@ -365,9 +365,25 @@ def _with_spark(cfg: Config, work: Callable) -> int:
 
 
 def cmd_generate(cfg: Config, args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from seqlake import storage
+    from seqlake.config import join_path
     from seqlake.generate import generate
 
-    summary = generate(cfg.generator, cfg.lake.landing_root, source=args.source, progress=log.info)
+    if storage.is_local(cfg.lake.landing_root):
+        summary = generate(cfg.generator, cfg.lake.landing_root, source=args.source, progress=log.info)
+    else:  # an object store: write locally, then upload the same tree (the generator writes local files)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="seqlake-generate-") as scratch:
+            summary = generate(cfg.generator, scratch, source=args.source, progress=log.info)
+            copied = storage.publish_tree(scratch, cfg.lake.landing_root, storage.hadoop_conf(cfg))
+            log.info("generate: uploaded %d files to %s", copied, cfg.lake.landing_root)
+        summary = dataclasses.replace(summary, paths={
+            key: join_path(cfg.lake.landing_root, str(Path(path).relative_to(scratch)))
+            for key, path in summary.paths.items()})
     print(
         f"generated {summary.events_written:,} events (+{sum(summary.dirty_written.values()):,} dirty, "
         f"+{summary.duplicates_written:,} duplicates) for {summary.users:,} users, "

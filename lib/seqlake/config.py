@@ -46,6 +46,12 @@ class SparkConfig:
     # Fallback when Spark's resolver cannot reach Maven: local jar paths, then
     # delta_package is not resolved.
     jars: tuple[str, ...] = ()
+    # Further Maven packages the jobs need besides Delta (e.g. hadoop-aws for s3a://, a JDBC
+    # driver for a metastore database), and groupId:artifactId patterns left out of their
+    # resolution (what Spark already ships, or a dependency replaced by smaller ones). Fetched
+    # once like delta_package (`python -m seqlake.spark CONF`), else resolved at session start.
+    packages: tuple[str, ...] = ()
+    packages_exclude: tuple[str, ...] = ()
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
 

@@ -262,11 +262,16 @@ def shard(files: Sequence[str], index: int, count: int) -> tuple[str, ...]:
 def file_rows(files: Sequence[str]) -> int:
     """Rows in Parquet ``files`` from their footers (no data read)."""
     import pyarrow.parquet as pq
-    from pyarrow import fs
 
+    from seqlake import storage
+
+    # s3a:// URLs (Spark's inputFiles on an object store): endpoint from the running session.
+    active = SparkSession.getActiveSession()
+    conf = storage.hadoop_conf_of(active) if active is not None and any(
+        not storage.is_local(url) for url in files) else None
     total = 0
     for url in files:
-        filesystem, path = fs.FileSystem.from_uri(url if "://" in url else url.replace("file:", "file://", 1))
+        filesystem, path = storage.arrow_filesystem(url, conf)
         with filesystem.open_input_file(path) as handle:
             total += pq.ParquetFile(handle).metadata.num_rows
     return total

@@ -74,7 +74,7 @@ demo-real: setup
 # Two pytest workers (pytest-xdist): much of the suite waits on JVM and spark-submit start-ups,
 # which overlap well on two cores. A module's tests stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 test: setup
 	$(PYTEST)

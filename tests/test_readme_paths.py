@@ -55,6 +55,11 @@ EXCLUDED = {
                                "with 1 and 2 workers, and this module's lake trains its champion the same way",
     ".venv-airflow/bin/airflow dags test": "a whole night in-process (minutes); tests/test_airflow.py runs "
                                            "`airflow dags test seqlake_nightly` for real",
+    "make cluster-up": "the loopback cluster (a minute, five servers): tests/test_cluster.py starts it the same way",
+    'eval "$(.venv/bin/python -m seqlake.localcluster env)"': "the cluster's keys: tests/test_cluster.py passes "
+                                                               "them the same way",
+    ".venv/bin/seqlake --conf conf/cluster.local.yaml": "tests/test_cluster.py runs these on its cluster",
+    "make cluster-down": "tests/test_cluster.py stops its cluster the same way",
     ".venv-airflow/bin/airflow backfill create": "the night above ran its day already, so a backfill of it has "
                                                  "nothing to create (exit 1), and each more day costs minutes; "
                                                  "tests/test_airflow.py runs a scheduler-run backfill for real",

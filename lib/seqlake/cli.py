@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
             "housekeeping.recent_days days ending with --date for date-partitioned tables; Z-ordered by "
             "user_id for housekeeping.zorder_tables), then VACUUM files that versions younger than "
             "housekeeping.vacuum_retention_hours no longer need, and the _staging folders of killed ingest "
-            "runs older than that. Prints files compacted and deleted per table. Trade-offs: README \"Lake housekeeping\"."
+            "runs older than that. Prints files compacted and deleted per table. Trade-offs: docs/operations.md, \"Lake housekeeping\"."
         ),
     )
     hk.add_argument("--date", help="last day of the recent partitions to optimize, YYYY-MM-DD (default: today, UTC)")

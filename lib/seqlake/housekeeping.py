@@ -2,7 +2,7 @@
 
 Why: every nightly replaceWhere and MERGE adds files and leaves the replaced ones on storage.
 Small files slow every later scan (one task and one footer read per file), and replaced files
-cost storage until VACUUM deletes them. Trade-offs (README "Lake housekeeping"):
+cost storage until VACUUM deletes them. Trade-offs (docs/operations.md, "Lake housekeeping"):
 
 - OPTIMIZE rewrites the files of the partitions it touches: about one read and one write of
   them. ``housekeeping.recent_days`` limits it to the latest days of date-partitioned tables, so

@@ -1,6 +1,6 @@
 """Cut each user's events into sessions, incrementally per day and identically in batch.
 
-Rule (documented in README "Sessions"):
+Rule (documented in docs/design.md, "Sessions"):
 - A user's events are ordered by (ts, event_id). A gap of MORE than ``gap_minutes`` between two
   consecutive events ends the uninterrupted *activity*; the next event starts a new one.
 - An activity longer than ``max_duration_minutes`` is cut into sessions at fixed offsets from

@@ -2,7 +2,7 @@
 
 A source file says how to split a raw line into fields (JSON object or delimited text), which
 raw field feeds each canonical field, how to read its timestamps and what its event-type names
-mean. Adding a format is adding a file; see README "Adding a source format".
+mean. Adding a format is adding a file; see docs/ingestion.md, "Adding a source format".
 """
 from __future__ import annotations
 

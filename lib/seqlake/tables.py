@@ -28,7 +28,7 @@ from seqlake.progress import log
 # each write there (10M session_events rows: 24.5 s -> 15.0 s) for columns no file can be
 # skipped on: item ids, event types and hashed ids spread over every file. user_id stays:
 # files are sorted and Z-ordered by it, and analysts filter by it. Set when a table is created;
-# README "Lake housekeeping" shows the ALTER TABLE for a table created before.
+# docs/operations.md ("Lake housekeeping") shows the ALTER TABLE for a table created before.
 STATS_COLUMNS: dict[str, tuple[str, ...]] = {
     C.EVENTS: (C.USER_ID, C.TS),
     C.SESSION_EVENTS: (C.USER_ID, C.TS),

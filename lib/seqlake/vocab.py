@@ -1,6 +1,6 @@
 """Versioned vocabularies for the categorical features, and the fixed numeric buckets.
 
-Index contract (one per feature; README "Encoding"):
+Index contract (one per feature; docs/design.md, "Encoding"):
 
     0                       padding (left of a sequence shorter than sequences.length)
     1                       null / missing value

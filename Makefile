@@ -16,7 +16,7 @@ DEMO_DAY_BEFORE ?= 2024-01-27
 DEMO_CUTOFFS_FROM ?= 2024-01-08
 DEMO_CUTOFFS_TO ?= 2024-01-22
 
-.PHONY: setup demo demo-real test test-fast bench airflow clean cluster-up cluster-down cluster-status
+.PHONY: setup demo demo-real test test-cluster test-fast bench airflow clean cluster-up cluster-down cluster-status
 
 # The two environments install side by side (their downloads and unpacking overlap).
 setup:
@@ -76,8 +76,13 @@ demo-real: setup
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
+# The loopback cluster's test (tests/test_cluster.py, 10-14 min on one worker) runs on its own
+# for now: with it, a fresh-clone `make test` came to about 90 min on 2 cores, CI's hard limit.
 test: setup
-	$(PYTEST)
+	$(PYTEST) --ignore=tests/test_cluster.py
+
+test-cluster: setup
+	$(BIN)/python -m pytest tests/test_cluster.py
 
 test-fast: setup
 	$(PYTEST) -m "not slow"

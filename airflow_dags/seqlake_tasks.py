@@ -144,10 +144,12 @@ def job(job_name: str, *args: str, task_id: str | None = None, timeout_minutes: 
 
 
 def wait_for_landing(poke_minutes: int = 5, timeout_hours: int = 12):
-    """A sensor: pokes ``seqlake landed --date {{ ds }}`` until the day's raw files are there."""
+    """A sensor: pokes ``seqlake landed --date {{ ds }}`` until the day's raw files are there.
+    "Not yet" is a poke, a failing ``seqlake landed`` fails at once; the DAG's retries are only
+    for the task process itself (an execution API that did not answer in time)."""
 
     @task.sensor(task_id="wait_for_landing", poke_interval=poke_minutes * 60, timeout=timeout_hours * 3600,
-                 mode="reschedule", retries=0)
+                 mode="reschedule")
     def wait(ds=None) -> PokeReturnValue:
         done = subprocess.run(
             [str(VENV / "bin" / "seqlake"), *global_args(), "landed", "--date", ds, *source_args()],

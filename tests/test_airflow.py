@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,7 @@ def test_dag_folder_loads_and_wires_the_nightly_and_weekly_runs(tmp_path):
         assert task["timeout_s"] and task["conn_id"] == "spark_default"
         assert task["depends_on_past"] == (task_id in ("sessionize", "state_update"))
     assert nightly["tasks"]["wait_for_landing"]["mode"] == "reschedule"
+    assert nightly["tasks"]["wait_for_landing"]["retries"] == 2  # a lost task process is retried
     # The week of 2024-01-15 ends on Sunday 2024-01-21: the last day with data.
     assert weekly["tasks"]["training_snapshots"]["args"][-2:] == ["--labelled-until", "2024-01-21"]
     assert weekly["tasks"]["train"]["args"][-3:] == ["--labelled-until", "2024-01-21", "--no-promote"]
@@ -252,6 +254,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_healthy(port: int, server: subprocess.Popen, log: Path, timeout_s: int = 300) -> None:
+    parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=10) as response:
+                body = json.loads(response.read().decode())
+            if all((body.get(p) or {}).get("status") == "healthy" for p in parts):
+                return
+        except (OSError, ValueError):
+            pass
+        assert server.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, f"airflow standalone not healthy after {timeout_s}s: {log.read_text()[-4000:]}"
+        time.sleep(3)
+
+
+def _failed_task_logs(home: Path, limit: int = 6000) -> str:
+    """The tail of every task log that records a failure: what a failed backfill shows."""
+    out = []
+    for path in sorted((home / "logs").rglob("*.log")):
+        text = path.read_text(errors="replace")
+        if "error" in text.lower() or "failed" in text.lower():
+            out.append(f"--- {path.relative_to(home)}\n{text[-limit:]}")
+    return "\n".join(out)[-4 * limit:]
+
+
 def _backfill(root: Path, first: dt.date, last: dt.date, timeout_s: int = 1800) -> list[dict]:
     """`airflow backfill create` run by a real scheduler (`airflow standalone`: scheduler, DAG
     processor, API server, LocalExecutor); the DAG runs it made once they have all finished."""
@@ -271,6 +299,10 @@ def _backfill(root: Path, first: dt.date, last: dt.date, timeout_s: int = 1800) 
     server = subprocess.Popen([_airflow_bin("airflow"), "standalone"], env=env, cwd=REPO, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        # A task's supervisor gives up on an execution API that does not answer within ~30 s (5
+        # tries), and on a loaded machine the API server can start later than the scheduler:
+        # the backfill starts once every component reports healthy.
+        _wait_healthy(port, server, root / "standalone.log")
         # No --max-active-runs: the backfill may run both days at once (its default is 10), and the
         # DAG's own dependencies must still write in day order.
         created = _run([_airflow_bin("airflow"), "backfill", "create", "--dag-id", "seqlake_nightly",
@@ -311,7 +343,8 @@ def test_a_backfill_of_the_two_days_leaves_the_same_tables_as_the_days_run_one_b
     started = time.monotonic()
     backfilled = _backfill(root, NIGHTS[0], NIGHTS[-1])
     print(f"backfill of {len(NIGHTS)} days: {time.monotonic() - started:.0f}s")
-    assert sorted((r["logical_date"][:10], r["state"]) for r in backfilled) == [(d.isoformat(), "success") for d in NIGHTS]
+    assert sorted((r["logical_date"][:10], r["state"]) for r in backfilled) == [(d.isoformat(), "success") for d in NIGHTS], \
+        _failed_task_logs(root / "airflow")
     a, b = make_config(one_by_one, *SMALL), make_config(root, *SMALL)
     # The data tables hold no run ids or timestamps of a run: every row must be the same.
     for table in (C.EVENTS, C.SESSION_EVENTS, C.SESSIONS, C.USER_STATE, C.USER_PROPENSITY, C.USER_PROFILE):

@@ -1,6 +1,6 @@
 """seqlake_nightly: one logical date D = {{ ds }}, the UTC day whose data the run processes.
 
-wait_for_landing -> ingest -> sessionize -> state_update -> score -> profile -> checks
+wait_for_landing -> ingest -> sessionize -> state_update -> score -> profile -> evaluate -> checks
 
 The data interval of D is [D, D+1) (cron "0 0 * * *" with data intervals), so the run starts once
 the day is over and every task gets D, never the wall clock. One run at a time, and the state
@@ -8,7 +8,10 @@ update waits for the previous night's (the state must hold D-1 to fold in D) and
 that read the state at D-1; sessionize waits for the previous night's too. So even a backfill that
 runs several days at once (its own max_active_runs) writes in day order. A task whose data
 fails a check (exit 3: quarantine over threshold, a missing day) fails at once, so nothing
-downstream writes; other failures retry with back-off.
+downstream writes; other failures retry with back-off, and a task that fails for good runs the
+failure alert (SEQLAKE_ALERT_COMMAND). `evaluate` scores the realised outcome of the day whose
+horizon D completes (D - sequences.horizon_days), with nothing to do while that day has no scores.
+The `source` param (default SEQLAKE_SOURCE, else the config's) lets a manual run take another source.
 """
 import os
 import sys
@@ -37,7 +40,8 @@ with DAG(
                          depends_on_past=True, wait_for_downstream=True)
     score = t.job("score", "--date", "{{ ds }}", timeout_minutes=120)
     profile = t.job("profiles", "--date", "{{ ds }}", task_id="profile", timeout_minutes=60)
+    evaluate = t.job("evaluate", "--completed-by", "{{ ds }}", timeout_minutes=60)
     checks = t.job("check", "--date", "{{ ds }}", task_id="checks", timeout_minutes=30)
 
-    landed >> ingest >> sessionize >> state_update >> score >> profile >> checks
+    landed >> ingest >> sessionize >> state_update >> score >> profile >> evaluate >> checks
     state_update >> [profile, checks]

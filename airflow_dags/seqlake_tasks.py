@@ -15,6 +15,9 @@ in its own virtual environment, STACK.md) and no Spark. Settings (README "Orches
   SEQLAKE_DRIVER_MEMORY  spark-submit --driver-memory (default: 2g)
   SEQLAKE_START_DATE   first logical date of the schedules (default: 2024-01-01; catchup is off)
   SEQLAKE_RETRY_MINUTES  first retry delay, doubled per retry (default: 5)
+  SEQLAKE_ALERT_COMMAND  a shell command run when a task has failed for good (after its retries),
+                       with SEQLAKE_FAILED_DAG, _TASK, _DATE, _TRY and _ERROR in its environment
+                       (for example a mail or a webhook call); default: none, the task log only
 
 ``AIRFLOW_VAR_SEQLAKE_<NAME>`` (an Airflow Variable defined in the environment) works too. They
 are read at parse time, from the environment only: no metadata-database access while parsing.
@@ -50,6 +53,7 @@ PACKAGES = setting("PACKAGES", "io.delta:delta-spark_2.13:4.0.1")
 DRIVER_MEMORY = setting("DRIVER_MEMORY", "2g")
 START_DATE = dt.datetime.fromisoformat(setting("START_DATE", "2024-01-01")).replace(tzinfo=dt.timezone.utc)
 RETRY_DELAY = dt.timedelta(minutes=float(setting("RETRY_MINUTES", "5")))
+ALERT_COMMAND = setting("ALERT_COMMAND", "")
 
 
 def global_args() -> list[str]:
@@ -60,8 +64,33 @@ def global_args() -> list[str]:
     return args
 
 
-def source_args() -> list[str]:
-    return ["--source", SOURCE] if SOURCE else []
+# The run's source: the `source` param (a manual trigger may name another source), whose
+# default is SEQLAKE_SOURCE; empty means the config's `source` (the CLI takes "" as unset). One
+# argument, so that an empty source is never an empty argument for spark-submit to pass on.
+SOURCE_ARGS = ["--source={{ params.source }}"]
+
+
+def on_failure(context) -> None:
+    """A task failed for good (retries spent, or a data check that is never retried): one line in
+    the task log, and SEQLAKE_ALERT_COMMAND run with the details. Never raises: an alert that
+    fails must not hide the task's own error."""
+    ti = context.get("ti") or context.get("task_instance")
+    details = {
+        "SEQLAKE_FAILED_DAG": str(getattr(ti, "dag_id", "")),
+        "SEQLAKE_FAILED_TASK": str(getattr(ti, "task_id", "")),
+        "SEQLAKE_FAILED_DATE": str(context.get("ds", "")),
+        "SEQLAKE_FAILED_TRY": str(getattr(ti, "try_number", "")),
+        "SEQLAKE_FAILED_ERROR": str(context.get("exception", ""))[:500],
+    }
+    print("seqlake: task {SEQLAKE_FAILED_TASK} of {SEQLAKE_FAILED_DAG} for {SEQLAKE_FAILED_DATE} failed "
+          "(try {SEQLAKE_FAILED_TRY}): {SEQLAKE_FAILED_ERROR}".format(**details))
+    if ALERT_COMMAND:
+        try:
+            done = subprocess.run(["bash", "-c", ALERT_COMMAND], env={**os.environ, **details},
+                                  capture_output=True, text=True, timeout=120)
+            print(f"seqlake: alert command exited {done.returncode}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"seqlake: alert command failed: {exc}")
 
 
 def default_args() -> dict:
@@ -71,11 +100,15 @@ def default_args() -> dict:
         "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": True,
         "max_retry_delay": dt.timedelta(hours=1),
+        "on_failure_callback": on_failure,
     }
 
 
 def dag_options() -> dict:
-    """What both DAGs share: start, no catchup (backfills instead), one run at a time, retries."""
+    """What both DAGs share: start, no catchup (backfills instead), one run at a time, retries,
+    the failure alert and the `source` param."""
+    from airflow.sdk import Param
+
     return {
         "start_date": START_DATE,
         "catchup": False,
@@ -83,6 +116,8 @@ def dag_options() -> dict:
         "default_args": default_args(),
         "dagrun_timeout": dt.timedelta(hours=20),
         "tags": ["seqlake"],
+        "params": {"source": Param(SOURCE, type="string",
+                                   description="the source to run (conf/sources/<name>.yaml); empty: the config's")},
     }
 
 
@@ -124,13 +159,15 @@ class SeqlakeJob(SparkSubmitOperator):
             raise
 
 
-def job(job_name: str, *args: str, task_id: str | None = None, timeout_minutes: int = 60, **options) -> SeqlakeJob:
-    """A task running ``jobs/<job_name>.py`` with the common arguments, then ``args`` (templated);
-    ``options`` go to the operator (depends_on_past ...)."""
+def job(job_name: str, *args: str, task_id: str | None = None, timeout_minutes: int = 60, per_source: bool = True,
+        **options) -> SeqlakeJob:
+    """A task running ``jobs/<job_name>.py`` with the common arguments, the run's source (unless
+    the job spans every source: ``per_source=False``), then ``args`` (templated); ``options`` go
+    to the operator (depends_on_past ...)."""
     return SeqlakeJob(
         task_id=task_id or job_name,
         application=str(HOME / "jobs" / f"{job_name}.py"),
-        application_args=[*global_args(), *source_args(), *args],
+        application_args=[*global_args(), *(SOURCE_ARGS if per_source else []), *args],
         conn_id=SPARK_CONN,
         **jvm_dependencies(),
         driver_memory=DRIVER_MEMORY,
@@ -150,9 +187,10 @@ def wait_for_landing(poke_minutes: int = 5, timeout_hours: int = 12):
 
     @task.sensor(task_id="wait_for_landing", poke_interval=poke_minutes * 60, timeout=timeout_hours * 3600,
                  mode="reschedule")
-    def wait(ds=None) -> PokeReturnValue:
+    def wait(ds=None, params=None) -> PokeReturnValue:
         done = subprocess.run(
-            [str(VENV / "bin" / "seqlake"), *global_args(), "landed", "--date", ds, *source_args()],
+            [str(VENV / "bin" / "seqlake"), *global_args(), "landed", "--date", ds,
+             f"--source={(params or {}).get('source', SOURCE)}"],
             cwd=HOME, env={**os.environ, **pipeline_env()}, capture_output=True, text=True,
         )
         print(done.stdout.strip() or done.stderr.strip())
@@ -161,3 +199,17 @@ def wait_for_landing(poke_minutes: int = 5, timeout_hours: int = 12):
         return PokeReturnValue(is_done=done.returncode == 0)
 
     return wait()
+
+
+def wait_for_night(dag_id: str, night: dt.timedelta, poke_minutes: int = 10, timeout_hours: int = 24):
+    """A sensor on the ``checks`` task of ``dag_id``'s run whose logical date is this run's plus
+    ``night`` (the night this run needs): it waits while that night has not run or runs, and
+    fails as soon as that night has failed, instead of trusting the clock."""
+    from airflow.providers.standard.sensors.external_task import ExternalTaskSensor
+
+    return ExternalTaskSensor(
+        task_id="wait_for_night", external_dag_id=dag_id, external_task_id="checks",
+        # ExternalTaskSensor looks at logical_date - execution_delta.
+        execution_delta=-night, allowed_states=["success"], failed_states=["failed", "upstream_failed"],
+        mode="reschedule", poke_interval=poke_minutes * 60, timeout=timeout_hours * 3600,
+    )

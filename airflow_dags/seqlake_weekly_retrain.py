@@ -1,15 +1,19 @@
 """seqlake_weekly_retrain: one logical date W = {{ ds }}, the Monday that starts the week of data.
 
-training_snapshots -> train -> promote
+wait_for_night -> training_snapshots -> train -> promote -> housekeeping
 
-The data interval of W is the week [W, W+7) (cron "0 6 * * 1" with data intervals: it runs the
-Monday after, once the nightly run of Sunday W+6 is done), so the last day with data is W+6.
+The data interval of W is the week [W, W+7) (cron "0 6 * * 1" with data intervals: it starts the
+Monday after), so the last day with data is W+6, and wait_for_night holds the run until the
+nightly run of W+6 has passed its checks (it fails at once if that night failed), not trusting
+that the night is over by 06:00.
 training_snapshots writes the sequences.retrain_cutoffs latest weekly snapshots whose labels
 that day completes; train fits on them and registers a version as pending (it never touches
 the alias); promote scores that version and the champion on the same test split and moves
 `champion` only through the gate (mlflow.promotion_margin). A rerun of promote keeps the
-recorded decision.
+recorded decision. housekeeping then compacts the week's files (OPTIMIZE of the recent days,
+VACUUM past the retention) before the next night starts at midnight.
 """
+import datetime as dt
 import os
 import sys
 
@@ -29,8 +33,12 @@ with DAG(
     doc_md=__doc__,
     **t.dag_options(),
 ) as dag:
+    # The weekly logical date is W 06:00; the night it needs is W+6 00:00.
+    night = t.wait_for_night("seqlake_nightly", dt.timedelta(days=6) - dt.timedelta(hours=6))
     snapshots = t.job("sequences", "--labelled-until", LAST_DAY, task_id="training_snapshots", timeout_minutes=180)
     train = t.job("train", "--labelled-until", LAST_DAY, "--no-promote", timeout_minutes=360)
     promote = t.job("promote", "--labelled-until", LAST_DAY, timeout_minutes=60)
 
-    snapshots >> train >> promote
+    housekeeping = t.job("housekeeping", "--date", LAST_DAY, timeout_minutes=180, per_source=False)
+
+    night >> snapshots >> train >> promote >> housekeeping

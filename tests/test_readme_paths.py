@@ -395,7 +395,7 @@ def test_make_airflow_runs_a_night_triggered_through_the_rest_api_and_stops_clea
     run, finished = night["run"], night["finished"]
     assert run["logical_date"].startswith(NIGHT.isoformat())
     assert finished["state"] == "success", f"{night['tasks']}\n{night['log'].read_text()[-6000:]}"
-    assert set(night["tasks"].values()) == {"success"} and len(night["tasks"]) == 7, night["tasks"]
+    assert set(night["tasks"].values()) == {"success"} and len(night["tasks"]) == 8, night["tasks"]
     # The run wrote NIGHT: its events, sessions, scores and profiles are in the lake.
     for table, column in ((C.EVENTS, C.EVENT_DATE), (C.SESSION_EVENTS, C.EVENT_DATE),
                           (C.USER_PROPENSITY, C.SCORE_DATE), (C.USER_PROFILE, C.PROFILE_DATE)):

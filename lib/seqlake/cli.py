@@ -239,7 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
             "mlflow.scoring_experiment. Fails (exit 3) while D + horizon_days is not sessionized yet."
         ),
     )
-    eva.add_argument("--date", required=True, help="the scored day to evaluate, YYYY-MM-DD")
+    which = eva.add_mutually_exclusive_group(required=True)
+    which.add_argument("--date", help="the scored day to evaluate, YYYY-MM-DD")
+    which.add_argument("--completed-by", metavar="D",
+                       help="the night D: evaluate the scores of D - sequences.horizon_days, whose horizon D "
+                            "completes, and succeed with nothing to do when that day was not scored (how "
+                            "`nightly` and the nightly DAG run it)")
     eva.add_argument("--source", help="source name; default: the config's `source`")
 
     nig = sub.add_parser(
@@ -725,13 +730,28 @@ def cmd_score(cfg: Config, args: argparse.Namespace) -> int:
     return _with_spark(cfg, work)
 
 
+def scored_day_completed_by(spark, cfg: Config, source: str, night: dt.date) -> dt.date | None:
+    """The scored day whose horizon ``night`` completes (night - sequences.horizon_days), or None
+    when that day has no scores."""
+    from seqlake import tables
+
+    day = night - dt.timedelta(days=cfg.sequences.horizon_days)
+    scored = tables.has_rows(spark, cfg, C.USER_PROPENSITY, f"source = '{source}' AND score_date = '{day}'")
+    return day if scored else None
+
+
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from seqlake import outcomes
 
-    day = parse_date(args.date, "--date")
+    night = parse_date(args.completed_by, "--completed-by") if args.completed_by else None
     source = args.source or cfg.source
 
     def work(spark) -> int:
+        day = parse_date(args.date, "--date") if night is None else scored_day_completed_by(spark, cfg, source, night)
+        if day is None:
+            print(f"evaluate {source}: no scores of {night - dt.timedelta(days=cfg.sequences.horizon_days)} "
+                  f"(the day whose horizon {night} completes); nothing to evaluate")
+            return 0
         try:
             r = outcomes.evaluate(spark, cfg, source=source, day=day)
         except outcomes.NothingToEvaluate as exc:
@@ -756,8 +776,6 @@ NIGHT = ("ingest", "sessionize", "state", "score", "profile", "evaluate", "check
 
 
 def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
-    from seqlake import tables
-
     start, end = _window(args)
     source = args.source or cfg.source
     parser = build_parser()
@@ -766,17 +784,12 @@ def cmd_nightly(cfg: Config, args: argparse.Namespace) -> int:
         for offset in range((end - start).days + 1):
             day = start + dt.timedelta(days=offset)
             for name in NIGHT:
-                when = day
-                if name == "evaluate":  # the scores whose horizon this night completes
-                    when = day - dt.timedelta(days=cfg.sequences.horizon_days)
-                    if not tables.has_rows(spark, cfg, C.USER_PROPENSITY,
-                                           f"source = '{source}' AND score_date = '{when}'"):
-                        log.info("[nightly %s] evaluate: no scores of %s to evaluate; skipped", day, when)
-                        continue
-                log.info("[nightly %s] %s --date %s", day, name, when)
-                code = COMMANDS[name](cfg, parser.parse_args([name, "--date", str(when), "--source", source]))
+                # evaluate: the scores whose horizon this night completes, as the DAG's task runs it
+                flag = "--completed-by" if name == "evaluate" else "--date"
+                log.info("[nightly %s] %s %s %s", day, name, flag, day)
+                code = COMMANDS[name](cfg, parser.parse_args([name, flag, str(day), "--source", source]))
                 if code:
-                    print(f"seqlake nightly: stopped at `{name} --date {when}` (exit {code}); the stages "
+                    print(f"seqlake nightly: stopped at `{name} {flag} {day}` (exit {code}); the stages "
                           f"before it are written", file=sys.stderr)
                     return code
         print(f"nightly {source} {start}..{end}: {', '.join(NIGHT)} done")

@@ -6,12 +6,14 @@ same days run by `seqlake nightly`, and `airflow dags test` stops a corrupt day 
 downstream writes."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -311,6 +313,17 @@ def _failed_task_logs(home: Path, limit: int = 6000) -> str:
     return "\n".join(out)[-4 * limit:]
 
 
+def _backfill_runs(home: Path) -> list[dict]:
+    """The backfill's DAG runs, read from Airflow's sqlite database: each `airflow dags list-runs`
+    costs a process importing Airflow, seconds of CPU the running tasks need. (Unpausing also
+    starts the run of the latest interval, today's: its sensor waits; it is not the backfill's.)"""
+    db = home / "airflow.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)) as con:
+        rows = con.execute("SELECT run_id, state, logical_date FROM dag_run WHERE dag_id = 'seqlake_nightly' "
+                           "AND run_type = 'backfill' ORDER BY logical_date").fetchall()
+    return [{"run_id": r[0], "state": r[1], "logical_date": r[2]} for r in rows]
+
+
 def _backfill(root: Path, first: dt.date, last: dt.date, timeout_s: int = 1800) -> list[dict]:
     """`airflow backfill create` run by a real scheduler (`airflow standalone`: scheduler, DAG
     processor, API server, LocalExecutor); the DAG runs it made once they have all finished."""
@@ -348,11 +361,7 @@ def _backfill(root: Path, first: dt.date, last: dt.date, timeout_s: int = 1800) 
         assert created.returncode == 0, created.stdout[-3000:] + created.stderr[-3000:]
         deadline = time.monotonic() + timeout_s
         while True:
-            listed = _run([_airflow_bin("airflow"), "dags", "list-runs", "seqlake_nightly", "-o", "json"], env, timeout=120)
-            runs = next((json.loads(line) for line in reversed(listed.stdout.splitlines())
-                         if line.startswith("[{") or line == "[]"), [])
-            # Unpausing also starts the run of the latest interval (today's: its sensor waits).
-            runs = [r for r in runs if r["run_id"].startswith("backfill__")]
+            runs = _backfill_runs(home)
             if runs and all(r["state"] in ("success", "failed") for r in runs):
                 return runs
             assert time.monotonic() < deadline, f"backfill still running after {timeout_s}s: {runs}"

@@ -32,7 +32,7 @@ import pytest
 from seqlake import constants as C
 from seqlake import tables
 
-from conftest import REPO, TEST_SETTINGS, make_config
+from conftest import REPO, TEST_JVM_OPTS, TEST_SETTINGS, make_config
 from test_airflow import AIRFLOW_VENV, SMALL, build_history
 
 # The demo's 28 days, 600 users; days before NIGHT ingested and sessionized in-process, NIGHT is
@@ -181,10 +181,11 @@ def kind(command: Command) -> str | None:
 
 def user_env() -> dict[str, str]:
     """The caller's environment as a new shell after `make demo` has it: no virtual environment
-    on PATH or active, no Airflow, Spark or seqlake variables."""
+    on PATH or active, no Airflow, Spark or seqlake variables but the tests' JVM flags."""
     venv_bins = {(REPO / ".venv" / "bin").resolve(), (AIRFLOW_VENV / "bin").resolve()}
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AIRFLOW", "SEQLAKE_", "PYSPARK", "SPARK_", "VIRTUAL_ENV", "MLFLOW_", "PYTEST_"))}
+    env["SPARK_SUBMIT_OPTS"] = TEST_JVM_OPTS  # the tests' JVM flags (conftest): speed only
     env["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
                                   if p and Path(p).resolve() not in venv_bins)
     return env

@@ -75,7 +75,10 @@ def build_spark(cfg: Config) -> SparkSession:
                 "spark.hadoop.javax.jdo.option.ConnectionURL",
                 f"jdbc:derby:;databaseName={catalog_dir}/metastore_db;create=true",
             ).config("spark.sql.warehouse.dir", f"{catalog_dir}/warehouse")
-            os.environ.setdefault("SPARK_SUBMIT_OPTS", f"-Dderby.system.home={catalog_dir}")
+            # derby.log beside it, also where SPARK_SUBMIT_OPTS already holds other JVM options.
+            opts = os.environ.get("SPARK_SUBMIT_OPTS", "")
+            if "-Dderby.system.home=" not in opts:
+                os.environ["SPARK_SUBMIT_OPTS"] = f"{opts} -Dderby.system.home={catalog_dir}".strip()
     else:
         builder = builder.config("spark.sql.catalogImplementation", "in-memory")
     for key, value in cfg.spark.conf.items():

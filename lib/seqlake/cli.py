@@ -247,6 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "`nightly` and the nightly DAG run it)")
     eva.add_argument("--source", help="source name; default: the config's `source`")
 
+    rep = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of a night: calibration, scores, drift, volumes, champion",
+        description=(
+            "Write one HTML page (inline SVG charts, no script, no other file) about the scores of "
+            "--date D and the nights before it: predicted against realised by decile and as calibration "
+            "(the latest evaluated day up to D), the distribution of D's scores, PSI and OOV shares of the "
+            "scoring runs, sessions and quarantined records per day, and the champion against the "
+            "baselines on its test split. Default location: <lake.root>/_reports/<source>/report-D.html. "
+            "Fails (exit 3) when D was not scored."
+        ),
+    )
+    rep.add_argument("--date", required=True, help="the scored night to report on, YYYY-MM-DD")
+    rep.add_argument("--source", help="source name; default: the config's `source`")
+    rep.add_argument("--nights", type=int, default=14, help="nights of history in the charts (default: %(default)s)")
+    rep.add_argument("--out", help="where to write the page (a path or URI); default: under the lake, as above")
+
     nig = sub.add_parser(
         "nightly",
         help="one night in one Spark application: ingest, sessionize, state, score, profile, evaluate, check",
@@ -357,6 +374,11 @@ def _with_spark(cfg: Config, work: Callable) -> int:
     try:
         code = work(spark)
         if _DEPTH > 1:  # a stage of `nightly`: the tables are registered once, at its end
+            return code
+        if owned and cfg.lake.catalog != "hive":
+            # An in-memory catalog ends with this process: registering would only read the log of
+            # every table (about a minute of a short job on a busy machine) for nobody to see.
+            log.info("lake: %s", cfg.lake.root)
             return code
         # Column comments are Delta commits: jobs add them only to a persistent catalog's new
         # entries (once per table), not to every process's in-memory catalog; `sql` always does.
@@ -740,6 +762,26 @@ def scored_day_completed_by(spark, cfg: Config, source: str, night: dt.date) -> 
     return day if scored else None
 
 
+def cmd_report(cfg: Config, args: argparse.Namespace) -> int:
+    from seqlake import report
+
+    day = parse_date(args.date, "--date")
+    source = args.source or cfg.source
+    if args.nights < 1:
+        raise ConfigError(f"--nights: expected a number of nights >= 1, got {args.nights}")
+
+    def work(spark) -> int:
+        try:
+            r = report.build(spark, cfg, source=source, day=day, nights=args.nights, out=args.out)
+        except report.ReportRefused as exc:
+            print(f"seqlake report: failed: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        print(f"report {source} {day}: {r.sections} sections, {r.charts} charts\n  {r.path}")
+        return 0
+
+    return _with_spark(cfg, work)
+
+
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from seqlake import outcomes
 
@@ -840,7 +882,7 @@ COMMANDS = {
     "generate": cmd_generate, "ingest": cmd_ingest, "sessionize": cmd_sessionize, "vocab": cmd_vocab,
     "sequences": cmd_sequences, "state": cmd_state, "profile": cmd_profile, "train": cmd_train, "score": cmd_score,
     "evaluate": cmd_evaluate, "promote": cmd_promote, "check": cmd_check, "landed": cmd_landed, "sql": cmd_sql,
-    "housekeeping": cmd_housekeeping, "nightly": cmd_nightly,
+    "housekeeping": cmd_housekeeping, "nightly": cmd_nightly, "report": cmd_report,
 }
 
 

@@ -76,9 +76,18 @@ demo-real: setup
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
+# The report page's test drives a real headless Chromium: Debian's chromium and chromedriver,
+# installed here when missing (as root, or through sudo).
+BROWSER := /usr/bin/chromium /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(BROWSER):
+	@echo "== Debian's chromium and chromium-driver, for the report page's test"
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
 # The loopback cluster's test (tests/test_cluster.py, 10-14 min on one worker) runs on its own
 # for now: with it, a fresh-clone `make test` came to about 90 min on 2 cores, CI's hard limit.
-test: setup
+test: setup $(BROWSER)
 	$(PYTEST) --ignore=tests/test_cluster.py
 
 test-cluster: setup

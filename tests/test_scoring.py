@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import io
 import math
 import re
 from pathlib import Path
@@ -242,3 +243,63 @@ def test_evaluate_waits_for_the_horizon(spark, scored):
     scoring.score(spark, cfg, source="generator", day=DAY + dt.timedelta(days=1))
     with pytest.raises(outcomes.NothingToEvaluate, match="need sessionized events up to 2024-01-29"):
         outcomes.evaluate(spark, cfg, source="generator", day=DAY + dt.timedelta(days=1))
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def test_report_page_loads_in_chromium_with_every_chart_drawn(spark, scored, tmp_path, capsys):
+    """`seqlake report` on this lake: one HTML file with six charts; in a real headless Chromium
+    it loads with no console error and no request for anything else, and every chart is drawn
+    (its screenshot is not blank). A night that was not scored is refused."""
+    from seqlake import cli
+
+    cfg, trained, _, _ = scored
+    outcomes.evaluate(spark, cfg, source="generator", day=DAY)
+    page = tmp_path / "report.html"
+    settings = [*TEST_SETTINGS, f"lake.root={cfg.lake.root}", f"lake.landing_root={cfg.lake.landing_root}",
+                f"ingest.sources_dir={cfg.ingest.sources_dir}", *TRAIN_SETTINGS,
+                f"mlflow.registered_model={cfg.mlflow.registered_model}", f"mlflow.experiment={cfg.mlflow.experiment}"]
+    args = [a for setting in settings for a in ("--set", setting)]
+    assert cli.main([*args, "report", "--date", str(DAY), "--out", str(page)]) == 0
+    assert f"6 sections, 6 charts\n  {page}" in capsys.readouterr().out
+    text = page.read_text(encoding="utf-8")
+    # Nothing to fetch: no script, no source or link but the page's own (#id) references.
+    assert text.count("<svg") == 6 and "<script" not in text and not re.search(r'(src|href)="(?!#)', text)
+    # The figures beside the charts are the tables' own.
+    top = tables.read(spark, cfg, C.PROPENSITY_EVALUATION).filter(f"score_date = '{DAY}' AND decile = 1").first()
+    assert f"<td>1</td><td>{top['users']}</td><td>{top['buyers']}</td>" in text
+    assert f"version {trained.model_version}" in text
+    assert cli.main([*args, "report", "--date", "2024-01-27", "--out", str(tmp_path / "none.html")]) == cli.EXIT_DATA
+    assert "2024-01-27 was not scored for source 'generator'" in capsys.readouterr().err
+
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), \
+        "Debian's chromium and chromium-driver are missing: `apt-get install -y chromium chromium-driver` (.ci/run does)"
+    from PIL import Image
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        driver.get(page.as_uri())
+        assert driver.title == f"seqlake report: generator {DAY}"
+        charts = driver.find_elements(By.CSS_SELECTOR, ".chart svg")
+        assert len(charts) == 6
+        for chart in charts:
+            driver.execute_script("arguments[0].scrollIntoView();", chart)
+            assert chart.size["width"] > 300 and chart.size["height"] > 150, chart.size
+            pixels = np.asarray(Image.open(io.BytesIO(chart.screenshot_as_png)).convert("RGB")).reshape(-1, 3)
+            colours = {tuple(p) for p in pixels[:: max(1, len(pixels) // 20000)]}
+            inked = (pixels.min(axis=1) < 200).mean()
+            assert len(colours) > 8 and inked > 0.02, (len(colours), inked)  # axes, bars, text: not blank
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+        assert errors == []
+        assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
+    finally:
+        driver.quit()

@@ -59,8 +59,8 @@ def spark(tmp_path_factory):
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     cfg = make_config(tmp_path_factory.mktemp("spark"))
-    # This JVM does the in-process work of the whole run: C2's faster code pays back here (the
-    # fault and signal lakes were slower with C1 in a fresh-clone run), unlike in short JVMs.
+    # This JVM does the in-process work of the whole run, where C2's faster code should pay back
+    # (the fault and signal lakes looked slower with C1 in a fresh-clone run; not measured A/B).
     flags = os.environ["SPARK_SUBMIT_OPTS"]
     os.environ["SPARK_SUBMIT_OPTS"] = flags.replace(TEST_JVM_OPTS, "").strip()
     try:

@@ -30,6 +30,14 @@ def lake(signal_lake):
     return signal_lake
 
 
+@pytest.fixture(scope="module")
+def first_training(spark, lake):
+    """The lake's first training (one worker, the default): registered, and champion because
+    there was none. A training takes minutes, so the tests that read one share it."""
+    cfg, _ = lake
+    return train.train(spark, cfg, source="generator")
+
+
 def truth(cfg) -> dict[str, tuple[float, int]]:
     path = Path(cfg.lake.landing_root) / "truth" / "generator" / "ground_truth.csv"
     with open(path, newline="") as handle:
@@ -95,13 +103,16 @@ def test_transformer_trains_on_the_same_inputs(spark, lake):
     assert evaluation.metrics(y, p)["auc_roc"] > 0.75  # learned something (random: 0.5)
 
 
-def test_training_run_registry_and_quality_bar(spark, lake):
+def test_training_run_registry_and_quality_bar(spark, lake, first_training):
     import mlflow
     import mlflow.tensorflow
     from mlflow import MlflowClient
 
+    from seqlake import tracking
+
     cfg, summary = lake
-    result = train.train(spark, cfg, source="generator")
+    result = first_training
+    tracking.setup(cfg)
     client = MlflowClient()
     run = client.get_run(result.run_id)
 
@@ -147,12 +158,13 @@ def test_training_run_registry_and_quality_bar(spark, lake):
     assert model_auc >= best_baseline + 0.02, (model_auc, best_baseline)
 
 
-def test_a_worse_model_never_becomes_champion(spark, lake):
+def test_a_worse_model_never_becomes_champion(spark, lake, first_training):
     from mlflow import MlflowClient
 
+    from seqlake import tracking
+
     cfg, _ = lake
-    if not _has_champion(cfg):
-        train.train(spark, cfg, source="generator")
+    tracking.setup(cfg)
     client = MlflowClient()
     before = client.get_model_version_by_alias(cfg.mlflow.registered_model, "champion").version
     # A learning rate that leaves the model near its initialisation: clearly worse.
@@ -166,9 +178,10 @@ def test_a_worse_model_never_becomes_champion(spark, lake):
     assert run.data.metrics["champion_test_auc_pr"] > result.test_metrics["model"]["auc_pr"]
 
 
-def test_two_workers_reach_the_single_worker_validation_auc(spark, lake):
+def test_two_workers_reach_the_single_worker_validation_auc(spark, lake, first_training):
     cfg, _ = lake
-    one = train.train(spark, cfg, source="generator", workers=1)
+    one = first_training  # workers=1
+    assert cfg.training.workers == 1
     two = train.train(spark, cfg, source="generator", workers=2)
     best = lambda r: max(h["val_auc_roc"] for h in _history(r))  # noqa: E731
     assert abs(best(two) - best(one)) <= 0.02, (best(one), best(two))
@@ -181,10 +194,3 @@ def _history(result: train.TrainResult) -> list[dict]:
 
     run = MlflowClient().get_run(result.run_id)
     return mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/training.json")["history"]
-
-
-def _has_champion(cfg) -> bool:
-    from seqlake import tracking
-
-    tracking.setup(cfg)
-    return tracking.champion_version(cfg) is not None

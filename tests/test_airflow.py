@@ -19,7 +19,7 @@ from conftest import REPO
 AIRFLOW_VENV = Path(os.environ.get("SEQLAKE_AIRFLOW_VENV", REPO / ".venv-airflow"))
 DAGS = REPO / "airflow_dags"
 START = dt.date(2024, 1, 1)
-SMALL = ("generator.users=600", "generator.days=16", "training.epochs=2", "training.batch_size=128",
+SMALL = ("generator.users=600", "training.epochs=2", "training.batch_size=128",
          "model.lstm_units=[8]", "model.dense_units=[8]", "model.embedding_dim=2", "model.item_embedding_dim=1")
 
 
@@ -30,7 +30,7 @@ def _airflow_bin(name: str) -> str:
     return str(path)
 
 
-def _env(home: Path, settings: list[str], retry_minutes: str = "5") -> dict[str, str]:
+def _env(home: Path, settings: list[str]) -> dict[str, str]:
     """The Airflow process's environment: its own home and sqlite DB, the project's DAG folder,
     a local[2] Spark connection, and the lake's settings for every job."""
     env = {k: v for k, v in os.environ.items()
@@ -45,8 +45,7 @@ def _env(home: Path, settings: list[str], retry_minutes: str = "5") -> dict[str,
         SEQLAKE_VENV=sys.prefix,
         SEQLAKE_SET=";".join(settings),
         SEQLAKE_DRIVER_MEMORY="1g",
-        SEQLAKE_RETRY_MINUTES=retry_minutes,
-        # `airflow standalone` starts its components as `airflow ...` from PATH.
+        SEQLAKE_RETRY_MINUTES="5",
         PATH=f"{AIRFLOW_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
     )
     return env

@@ -207,6 +207,11 @@ def lake_settings(checkout: Path) -> list[str]:
     return [*TEST_SETTINGS, f"lake.root={checkout / 'lake'}", f"lake.landing_root={checkout / 'lake'}", *LAKE]
 
 
+def lake_config(checkout: Path):
+    """The config of the lake under ``checkout/lake`` (its landing files beside its tables)."""
+    return make_config(checkout, *LAKE, f"lake.landing_root={checkout / 'lake'}")
+
+
 def airflow_env(checkout: Path) -> dict[str, str]:
     """A user's environment plus only what points the DAGs' jobs at the test lake (README
     Orchestration: SEQLAKE_* settings), a smaller driver and quick retries."""
@@ -326,7 +331,7 @@ def checkout(spark, tmp_path_factory):
     started = time.monotonic()
     base = tmp_path_factory.mktemp("readme")
     root = _checkout(base / "checkout")
-    cfg = make_config(root, *LAKE, f"lake.landing_root={root / 'lake'}")
+    cfg = lake_config(root)
     build_history(spark, cfg, HISTORY_END)
     pristine = base / "history"
     shutil.copytree(root / "lake", pristine / "lake")
@@ -338,10 +343,10 @@ def _history_copy(pristine: Path, to: Path):
     """A copy of the pristine history and its config (Delta logs hold relative paths; the MLflow
     registry keeps pointing at the checkout's model artifacts, which stay put)."""
     shutil.copytree(pristine / "lake", to / "lake")
-    return make_config(to, *LAKE, f"lake.landing_root={to / 'lake'}")
+    return lake_config(to)
 
 
-def _orchestration_commands(root: Path) -> list[Command]:
+def _orchestration_commands() -> list[Command]:
     """The README's Airflow commands run while `make airflow` serves: `dags unpause` as written,
     `backfill create` from the first of NIGHTS (see EXCLUDED)."""
     out = []
@@ -417,7 +422,7 @@ def nights(checkout):
         # From "another shell with the same variables" (the block's export line). The running
         # scheduler and DAG processor write the same sqlite file: a command that finds it
         # locked changed nothing (one transaction) and is tried again.
-        for command in _orchestration_commands(root):
+        for command in _orchestration_commands():
             for _ in range(6):
                 done = _run(command, root, airflow_env(root), timeout=300)
                 if done.returncode == 0 or "database is locked" not in done.stdout + done.stderr:

@@ -10,11 +10,12 @@ out as `make demo` leaves it. The commands resolve ``lake/``, ``conf/local.yaml`
 against the working directory, so running them there points them at the test lake without
 editing them; the environment is the caller's with the virtual environments taken off PATH (a
 new shell after `make demo`). One Airflow start (`make airflow`, as the demo's last lines say)
-runs the README's Orchestration commands while it serves: `dags unpause`, then `backfill create`
-of two nights (both may run at once; the DAG's dependencies order their writes), watched through
-Airflow's REST API. On the lake it leaves: the nights' tables against `seqlake nightly` of the
-same days, a corrupt day stopped by the README's `airflow dags test`, and the README's other
-commands; on a copy of the history, the weekly gate as its own step.
+runs the README's Orchestration commands while it serves: `backfill create` of two nights while
+the DAG is still paused, then `dags unpause` (both nights may run at once; the DAG's dependencies
+order their writes), watched through Airflow's REST API. On the lake it leaves: the nights'
+tables against `seqlake nightly` of the same days, a corrupt day stopped by the README's
+`airflow dags test`, and the README's other commands; on a copy of the history, the weekly gate
+as its own step.
 """
 from __future__ import annotations
 
@@ -315,6 +316,10 @@ def _wait(what: str, check, timeout_s: float, alive: subprocess.Popen, log: Path
         if result:
             return result
         assert alive.poll() is None, f"stopped while waiting for {what}:\n{log.read_text()[-6000:]}"
+        # standalone keeps serving when one of its components dies (it restarts none): a dead
+        # scheduler would leave the wait to run out its whole timeout.
+        text = log.read_text(errors="replace")
+        assert "Exited execute loop" not in text, f"a component stopped while waiting for {what}:\n{text[-6000:]}"
         assert time.monotonic() < deadline, f"no {what} after {timeout_s:.0f}s:\n{log.read_text()[-6000:]}"
         time.sleep(every_s)
 
@@ -347,8 +352,8 @@ def _history_copy(pristine: Path, to: Path):
 
 
 def _orchestration_commands() -> list[Command]:
-    """The README's Airflow commands run while `make airflow` serves: `dags unpause` as written,
-    `backfill create` from the first of NIGHTS (see EXCLUDED)."""
+    """The README's Airflow commands run while `make airflow` serves: `backfill create` from the
+    first of NIGHTS (see EXCLUDED), then `dags unpause` as written."""
     out = []
     for command in readme_commands():
         if kind(command) != "airflow cli":
@@ -359,7 +364,7 @@ def _orchestration_commands() -> list[Command]:
             out.append(dataclasses.replace(command, text=text))
         elif not excluded_reason(command):
             out.append(command)
-    assert [c.line.split()[1:3] for c in out] == [["dags", "unpause"], ["backfill", "create"]], out
+    assert [c.line.split()[1:3] for c in out] == [["backfill", "create"], ["dags", "unpause"]], out
     return out
 
 
@@ -388,7 +393,7 @@ def _failed_task_logs(home: Path, limit: int = 6000) -> str:
 @pytest.fixture(scope="module")
 def nights(checkout):
     """`make airflow` as the demo's closing line gives it, in the checkout; the README's
-    `dags unpause` and `backfill create` of NIGHTS run beside it, the backfill's runs watched
+    `backfill create` of NIGHTS and `dags unpause` run beside it, the backfill's runs watched
     through the REST API to their end; then everything stopped."""
     root, _, _ = checkout
     schedule = Command(demo_closing_lines(root)["Schedule it"].split("  (")[0], "make demo: Schedule it")
@@ -421,7 +426,8 @@ def nights(checkout):
               180, server, log)
         # From "another shell with the same variables" (the block's export line). The running
         # scheduler and DAG processor write the same sqlite file: a command that finds it
-        # locked changed nothing (one transaction) and is tried again.
+        # locked has undone what it wrote (backfill create deletes its partial backfill) and is
+        # tried again.
         for command in _orchestration_commands():
             for _ in range(6):
                 done = _run(command, root, airflow_env(root), timeout=300)

@@ -107,6 +107,9 @@ def test_shipped_sources_load():
     assert load_source(str(sources_dir), "rees46").header_line.startswith("event_time,event_type,product_id")
     assert load_source(str(sources_dir), "taobao").event_types["buy"] == "purchase"
     assert load_source(str(sources_dir), "generator").format == "json"
+    uci = load_source(str(sources_dir), "uci_online_retail")
+    assert (uci.constants, uci.integer_fields) == ({"event_type": "purchase"}, ("user_id",))
+    assert [r.name for r in uci.exclude] == ["cancellation", "adjustment", "not_a_product"]
     with pytest.raises(ConfigError, match="known sources: .*rees46"):
         load_source(str(sources_dir), "nosuch")
 
@@ -123,6 +126,28 @@ def test_source_errors_name_the_key():
                      where="x.yaml", name="x")
     with pytest.raises(ConfigError, match=r"raw column 'zz' is not in columns"):
         parse_source({**base, "fields": {**base["fields"], "brand": "zz"}}, where="x.yaml", name="x")
+    # A constant stands in for a required field's column, never beside it.
+    no_type = {k: v for k, v in base["fields"].items() if k != "event_type"}
+    assert parse_source({**base, "fields": no_type, "constants": {"event_type": "pv"}},
+                        where="x.yaml", name="x").constants == {"event_type": "pv"}
+    with pytest.raises(ConfigError, match=r"fields.event_type: required canonical field is not mapped"):
+        parse_source({**base, "fields": no_type}, where="x.yaml", name="x")
+    with pytest.raises(ConfigError, match=r"constants.event_type: also mapped in fields"):
+        parse_source({**base, "constants": {"event_type": "pv"}}, where="x.yaml", name="x")
+    with pytest.raises(ConfigError, match=r"constants.colour: not a canonical field"):
+        parse_source({**base, "constants": {"colour": "red"}}, where="x.yaml", name="x")
+    with pytest.raises(ConfigError, match=r"integer_fields: expected a list of canonical fields mapped in fields"):
+        parse_source({**base, "integer_fields": ["price"]}, where="x.yaml", name="x")
+    for rule, message in [
+        ({"field": "zz", "starts_with": "C"}, r"exclude.r.field: raw column 'zz' is not in columns"),
+        ({"field": "a", "starts_with": "C", "in": ["x"]}, r"exclude.r: give exactly one of starts_with and in"),
+        ({"field": "a", "in": []}, r"exclude.r.in: expected a non-empty list"),
+        ({"field": "a", "matches": "C"}, r"exclude.r: expected \{field"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_source({**base, "exclude": {"r": rule}}, where="x.yaml", name="x")
+    with pytest.raises(ConfigError, match=r"exclude.Bad Name: a rule name is lower-case"):
+        parse_source({**base, "exclude": {"Bad Name": {"field": "a", "starts_with": "C"}}}, where="x.yaml", name="x")
 
 
 def test_cli_rejects_bad_input_before_spark(tmp_path):

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
             "rows with a reason to `events_quarantine`, and an audit row to `ingest_runs`. Events "
             "whose UTC date is outside the run's days are quarantined (ts_before_window / "
             "ts_after_window). Reruns replace the same days. Fails (exit 3) after writing the "
-            "quarantine when the quarantined share passes ingest.quarantine_threshold."
+            "quarantine when the quarantined share passes ingest.quarantine_threshold (lines the "
+            "source's exclude rules name, such as cancellations, are quarantined but not counted)."
         ),
     )
     _add_window_args(ing, "ingest")

@@ -33,6 +33,7 @@ BAD_ENCODING = "bad_encoding"
 OVERSIZED_RECORD = "oversized_record"
 OVERSIZED_FIELD = "oversized_field"
 NESTED_VALUE = "nested_value"
+EXCLUDED_PREFIX = "excluded_"  # + a source's exclude rule, e.g. excluded_cancellation
 MISSING_PREFIX = "missing_"  # + field name, e.g. missing_user_id
 BAD_TIMESTAMP = "bad_timestamp"
 TS_BEFORE_WINDOW = "ts_before_window"

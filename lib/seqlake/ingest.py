@@ -13,7 +13,8 @@ Contract of one run (source S, window [start, end] of UTC dates):
   rerun leaves identical contents. The quarantine rows of the run's window are replaced too.
 - When the quarantined share passes ``ingest.quarantine_threshold`` the quarantine and the
   audit row are written, the events are NOT (downstream stages must not see a broken day), and
-  ``QuarantineThresholdExceeded`` is raised.
+  ``QuarantineThresholdExceeded`` is raised. Lines the source's ``exclude`` rules name (a
+  cancellation) are quarantined as ``excluded_<rule>`` but are not counted in that share.
 """
 from __future__ import annotations
 
@@ -118,11 +119,34 @@ def with_raw_fields(lines: DataFrame, *, spec: SourceSpec) -> DataFrame:
 
 
 def _field(spec: SourceSpec, canonical: str) -> Column:
-    """The trimmed raw string feeding ``canonical`` (null if unmapped or blank)."""
+    """The trimmed raw string feeding ``canonical`` (null if unmapped or blank): the source's
+    constant for it where it has one; an integer written as a float ("17850.0") as its digits
+    where the source lists the field in ``integer_fields``."""
+    if canonical in spec.constants:
+        return F.lit(spec.constants[canonical])
     raw_name = spec.fields.get(canonical)
     if raw_name is None:
         return F.lit(None).cast("string")
-    return F.nullif(F.trim(F.col("_raw").getField(raw_name)), F.lit(""))
+    text = F.nullif(F.trim(F.col("_raw").getField(raw_name)), F.lit(""))
+    if canonical in spec.integer_fields:
+        text = F.regexp_replace(text, r"^(-?[0-9]+)\.0*$", "$1")
+    return text
+
+
+def _excluded(spec: SourceSpec) -> tuple[Column, Column] | None:
+    """(the name of the first ``exclude`` rule a line matches, its detail), or None without rules."""
+    if not spec.exclude:
+        return None
+    names, details = [], []
+    for rule in spec.exclude:
+        raw = F.trim(F.col("_raw").getField(rule.field))
+        if rule.starts_with is not None:
+            matches, says = raw.startswith(rule.starts_with), f"starts with {rule.starts_with!r}"
+        else:
+            matches, says = raw.isin(list(rule.values)), f"is one of {list(rule.values)}"
+        names.append(F.when(matches, F.lit(rule.name)))
+        details.append(F.when(matches, F.lit(f"{rule.name}: {rule.field} {says}")))
+    return F.coalesce(*names), F.coalesce(*details)
 
 
 def _parse_timestamp(text: Column, spec: SourceSpec) -> Column:
@@ -183,8 +207,8 @@ def with_quarantine_reason(
     max_record_chars: int,
 ) -> DataFrame:
     """Add ``reason`` (null for a valid row) and ``detail``: the first failing check, in the
-    order of ``constants`` (malformed, encoding, size, nesting, missing, timestamp, window,
-    event type, price)."""
+    order of ``constants`` (malformed, encoding, size, nesting, excluded by the source, missing,
+    timestamp, window, event type, price)."""
     mapped = [f for f in C.CANONICAL_FIELDS if f in spec.fields]
     # Sizes in bytes (octet_length is O(1) on Spark strings; length() scans for characters).
     lengths = {f: F.octet_length(F.col(f"_s_{f}")) for f in mapped}
@@ -210,6 +234,9 @@ def with_quarantine_reason(
         (oversized.isNotNull(), F.lit(C.OVERSIZED_FIELD),
          F.concat(oversized, F.lit(f" longer than {max_field_chars} bytes"))),
         (nested.isNotNull(), F.lit(C.NESTED_VALUE), F.concat(nested, F.lit(" holds an object or array"))),
+        # A line the source says is not an event (a cancellation) is that, whatever else it lacks.
+        *([(excluded[0].isNotNull(), F.concat(F.lit(C.EXCLUDED_PREFIX), excluded[0]), excluded[1])]
+          if (excluded := _excluded(spec)) else []),
         (missing.isNotNull(), F.concat(F.lit(C.MISSING_PREFIX), missing), F.concat(missing, F.lit(" is missing"))),
         (F.col("ts").isNull(), F.lit(C.BAD_TIMESTAMP),
          F.concat(F.lit(f"cannot read as {spec.time_format}: "), excerpt(F.col("_s_ts")))),
@@ -506,11 +533,16 @@ def ingest(
                 f"{quarantine_written} written to {C.EVENTS_QUARANTINE}"
             )
 
-        share = rows_quarantined / rows_read if rows_read else 0.0
+        # Lines the source itself excludes (cancellations) are not bad input: the share is of
+        # the rest.
+        excluded = sum(n for reason, n in by_reason.items() if reason.startswith(C.EXCLUDED_PREFIX))
+        defects, considered = rows_quarantined - excluded, rows_read - excluded
+        share = defects / considered if considered else 0.0
         threshold = cfg.ingest.quarantine_threshold
         if share > threshold:
             message = (
-                f"{rows_quarantined:,} of {rows_read:,} rows ({share:.1%}) quarantined, over "
+                f"{defects:,} of {considered:,} rows ({share:.1%}) quarantined"
+                f"{f' (besides {excluded:,} excluded by the source)' if excluded else ''}, over "
                 f"ingest.quarantine_threshold={threshold:.1%}; see {cfg.lake.database}."
                 f"{C.EVENTS_QUARANTINE} where run_id = '{run_id}' (by reason: {by_reason}). "
                 f"Events for {window_start}..{window_end} were not written."
